@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs pgvector 0.8 into the local PostgreSQL from Debian trixie's source package.
+# Bookworm has no pgvector package; this builds it against the server's own headers.
+# Idempotent: does nothing when the extension is already available to the server.
+set -euo pipefail
+
+PG_MAJOR="${PG_MAJOR:-$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)}"
+PG_MAJOR="${PG_MAJOR:-15}"
+SHAREDIR="$(/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config --sharedir 2>/dev/null || echo /usr/share/postgresql/"$PG_MAJOR")"
+
+if [ -f "$SHAREDIR/extension/vector.control" ]; then
+  echo "pgvector: already installed ($(grep default_version "$SHAREDIR/extension/vector.control"))"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+WORK="${PGVECTOR_WORKDIR:-/tmp/memory-sync-pgvector}"
+mkdir -p "$WORK/lists/partial" "$WORK/src"
+echo "deb-src http://deb.debian.org/debian trixie main" > "$WORK/sources.list"
+APT_OPTS=(-o Dir::Etc::SourceList="$WORK/sources.list" -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists="$WORK/lists")
+
+$SUDO apt-get "${APT_OPTS[@]}" update -qq
+if ! dpkg -s "postgresql-server-dev-$PG_MAJOR" >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-server-dev-$PG_MAJOR" make gcc dpkg-dev >/dev/null
+fi
+cd "$WORK/src"
+if ! ls -d pgvector-*/ >/dev/null 2>&1; then
+  apt-get "${APT_OPTS[@]}" source --download-only pgvector
+  dpkg-source -x --skip-patches pgvector_*.dsc >/dev/null 2>&1 || {
+    tar xf pgvector_*.orig.tar.*
+  }
+fi
+cd "$(ls -d pgvector-*/ | head -n1)"
+make -s PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config >/dev/null
+$SUDO make -s PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config install >/dev/null
+echo "pgvector: installed $(grep default_version "$SHAREDIR/extension/vector.control")"

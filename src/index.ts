@@ -1,0 +1,5 @@
+export { EMBEDDING_DIMENSION } from './embedding.js';
+export { MemorySyncError, ValidationError, DatabaseUnavailableError, QueryError, NotFoundError, ConfigError } from './errors.js';
+export { INVALIDATION_CHANNEL, parsePayload, type InvalidationEvent } from './listener/payload.js';
+export { migrate } from './db/migrate.js';
+export { checkMigrations, PROTECTED_INDEXES } from './db/check-migrations.js';
