@@ -1,0 +1,290 @@
+import { EventEmitter, once } from 'node:events';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { LRUCache } from 'lru-cache';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { EMBEDDING_DIMENSION } from '../embedding.js';
+import { decodeRow, fetchMemoriesByIds, loadPersonalityMemories } from '../db/memories.js';
+import { withRetry, type RetryOptions } from '../db/retry.js';
+import { HotSet } from './hot-set.js';
+
+export interface HotSetCacheOptions {
+  db: Pick<pg.Pool, 'query'>;
+  logger: Logger;
+  /** Total bytes of all hot sets together. */
+  maxBytes: number;
+  /** A personality with more memories than this is never hot: pgvector serves it. */
+  maxVectorsPerSet: number;
+  /** How long a too-large verdict stands before the count is checked again. */
+  tooLargeTtlMs: number;
+  retry: RetryOptions;
+  /** Test hook: runs after a load has read the database, before it publishes. */
+  beforePublish?: (personalityId: string) => Promise<void> | void;
+}
+
+interface Load {
+  abort: AbortController;
+  /** Memory ids changed while the load ran; refreshed once it publishes. */
+  changed: Set<string>;
+}
+
+export interface HotSetStats {
+  sets: number;
+  bytes: number;
+  vectors: number;
+  loads: number;
+  loadedVectors: number;
+  evictions: number;
+  pendingPatches: number;
+}
+
+const ROWS_PER_LOAD_SLICE = 512;
+const IDS_PER_PATCH = 500;
+
+/**
+ * Hot memory sets, one per personality, bounded by total bytes. Kept in
+ * sync, not just evicted: row events are refreshed by id, coarse events drop
+ * sets. A personality with refreshes outstanding is "dirty" and not served.
+ */
+export class HotSetCache extends EventEmitter<{
+  loaded: [personalityId: string, vectors: number, ms: number];
+  progress: [];
+}> {
+  private readonly sets: LRUCache<string, HotSet>;
+  private readonly loads = new Map<string, Load>();
+  private readonly tooLarge: LRUCache<string, true>;
+  /** memory id -> personalities whose sets must refresh it. */
+  private pending = new Map<string, Set<string>>();
+  private readonly dirty = new Map<string, number>();
+  private draining = false;
+  private enabled = false;
+  private evictions = 0;
+  private loadedVectors = 0;
+
+  constructor(private readonly options: HotSetCacheOptions) {
+    super();
+    this.sets = new LRUCache<string, HotSet>({
+      maxSize: options.maxBytes,
+      sizeCalculation: (set) => Math.max(1, set.bytes),
+      dispose: (_set, _key, reason) => {
+        if (reason === 'evict') this.evictions++;
+      },
+    });
+    this.tooLarge = new LRUCache<string, true>({ max: 100_000, ttl: options.tooLargeTtlMs });
+  }
+
+  /**
+   * The personality's set when it is current, else undefined (search
+   * pgvector). A miss starts a background load: the caller never waits for it.
+   */
+  get(personalityId: string): HotSet | undefined {
+    if (!this.enabled) return undefined;
+    const set = this.sets.get(personalityId);
+    if (set) return this.dirty.has(personalityId) ? undefined : set;
+    if (!this.loads.has(personalityId) && !this.tooLarge.has(personalityId)) this.startLoad(personalityId);
+    return undefined;
+  }
+
+  /** Resolves once this personality has no load or refresh outstanding (tests, warm-up). */
+  async settled(personalityId: string): Promise<void> {
+    while (this.loads.has(personalityId) || this.dirty.has(personalityId)) {
+      await once(this, 'progress');
+    }
+  }
+
+  /** Serve from sets (listener up) or not at all (listener down: we may have missed events). */
+  setEnabled(enabled: boolean): void {
+    this.enabled = enabled;
+    if (!enabled) this.clear();
+  }
+
+  /** Memory rows changed: refresh them wherever cached or loading. */
+  refreshRows(ids: readonly string[], personalityIds: readonly string[]): boolean {
+    let touched = false;
+    for (const pid of personalityIds) {
+      const load = this.loads.get(pid);
+      if (load) {
+        for (const id of ids) load.changed.add(id);
+        touched = true;
+      }
+      if (this.sets.has(pid)) {
+        for (const id of ids) this.enqueue(id, pid);
+        touched = true;
+      }
+    }
+    return touched;
+  }
+
+  /**
+   * Memory rows deleted: gone from the sets at once, and refreshed as well,
+   * so a refresh already in flight cannot bring an old copy back.
+   */
+  removeRows(ids: readonly string[], personalityIds: readonly string[]): boolean {
+    for (const pid of personalityIds) {
+      const set = this.sets.peek(pid);
+      if (set) {
+        let changed = false;
+        for (const id of ids) changed = set.remove(id) || changed;
+        if (changed) this.sets.set(pid, set, { noUpdateTTL: true });
+      }
+    }
+    return this.refreshRows(ids, personalityIds);
+  }
+
+  /** Drops sets (and running loads) of these personalities. */
+  drop(personalityIds: readonly string[]): boolean {
+    let touched = false;
+    for (const pid of personalityIds) {
+      const load = this.loads.get(pid);
+      if (load) {
+        load.abort.abort();
+        this.loads.delete(pid);
+        touched = true;
+      }
+      touched = this.sets.delete(pid) || touched;
+      this.tooLarge.delete(pid);
+    }
+    if (touched) this.emit('progress');
+    return touched;
+  }
+
+  clear(): void {
+    for (const load of this.loads.values()) load.abort.abort();
+    this.loads.clear();
+    this.sets.clear();
+    this.emit('progress');
+    this.tooLarge.clear();
+    // In-flight refreshes still decrement their own counts; queued ones go.
+    for (const [, pids] of this.pending) for (const pid of pids) this.undirty(pid);
+    this.pending.clear();
+  }
+
+  stats(): HotSetStats {
+    let vectors = 0;
+    for (const set of this.sets.values()) vectors += set.count;
+    return {
+      sets: this.sets.size,
+      bytes: this.sets.calculatedSize,
+      vectors,
+      loads: this.loads.size,
+      loadedVectors: this.loadedVectors,
+      evictions: this.evictions,
+      pendingPatches: this.pending.size,
+    };
+  }
+
+  private enqueue(id: string, pid: string): void {
+    let pids = this.pending.get(id);
+    if (!pids) this.pending.set(id, (pids = new Set()));
+    if (pids.has(pid)) return;
+    pids.add(pid);
+    this.dirty.set(pid, (this.dirty.get(pid) ?? 0) + 1);
+    if (!this.draining) {
+      this.draining = true;
+      void this.drain();
+    }
+  }
+
+  private undirty(pid: string): void {
+    const n = (this.dirty.get(pid) ?? 0) - 1;
+    if (n > 0) this.dirty.set(pid, n);
+    else this.dirty.delete(pid);
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      await this.drainBatches();
+    } finally {
+      // Synchronously after the last emptiness check: no enqueue can slip between.
+      this.draining = false;
+      this.emit('progress');
+    }
+  }
+
+  private async drainBatches(): Promise<void> {
+    while (this.pending.size > 0) {
+      const batch = new Map<string, Set<string>>();
+      for (const [id, pids] of this.pending) {
+        batch.set(id, pids);
+        this.pending.delete(id);
+        if (batch.size === IDS_PER_PATCH) break;
+      }
+      // Only the sets that exist now: a set loaded later read newer data.
+      const targets = new Map<string, HotSet | undefined>();
+      for (const pids of batch.values()) for (const pid of pids) targets.set(pid, this.sets.peek(pid));
+      try {
+        const rows = await withRetry(() => fetchMemoriesByIds(this.options.db, [...batch.keys()]), this.options.retry);
+        const byId = new Map(rows.map((r) => [r.id, r]));
+        const touched = new Set<HotSet>();
+        for (const [id, pids] of batch) {
+          const row = byId.get(id);
+          for (const pid of pids) {
+            const set = targets.get(pid);
+            if (!set || this.sets.peek(pid) !== set) continue;
+            if (row && row.personalityId === pid) set.upsert(row);
+            else set.remove(id);
+            touched.add(set);
+          }
+        }
+        for (const set of touched) {
+          if (set.count > this.options.maxVectorsPerSet) {
+            this.sets.delete(set.personalityId);
+            this.tooLarge.set(set.personalityId, true);
+          } else {
+            this.sets.set(set.personalityId, set, { noUpdateTTL: true }); // re-measure bytes
+          }
+        }
+      } catch (err) {
+        // Cannot confirm the rows: drop the sets rather than serve them.
+        this.options.logger.warn({ err: { message: (err as Error).message } }, 'hot-set refresh failed; dropping sets');
+        for (const pid of targets.keys()) this.sets.delete(pid);
+      } finally {
+        for (const pids of batch.values()) for (const pid of pids) this.undirty(pid);
+      }
+      this.emit('progress');
+    }
+  }
+
+  private startLoad(pid: string): void {
+    const load: Load = { abort: new AbortController(), changed: new Set() };
+    this.loads.set(pid, load);
+    this.load(pid, load)
+      .catch((err) => {
+        this.options.logger.warn({ personalityId: pid, err: { message: (err as Error).message } }, 'hot-set load failed');
+      })
+      .finally(() => {
+        if (this.loads.get(pid) === load) this.loads.delete(pid);
+        this.emit('progress');
+      });
+  }
+
+  private async load(pid: string, load: Load): Promise<void> {
+    const started = performance.now();
+    const max = this.options.maxVectorsPerSet;
+    const rows = await withRetry(() => loadPersonalityMemories(this.options.db, pid, max + 1), {
+      ...this.options.retry,
+      signal: load.abort.signal,
+    });
+    if (load.abort.signal.aborted) return;
+    if (rows.length > max) {
+      this.tooLarge.set(pid, true);
+      return;
+    }
+    const set = new HotSet(pid, rows.length);
+    const scratch = new Float32Array(EMBEDDING_DIMENSION);
+    for (let i = 0; i < rows.length; i++) {
+      if (i > 0 && i % ROWS_PER_LOAD_SLICE === 0) {
+        await yieldToLoop();
+        if (load.abort.signal.aborted) return;
+      }
+      set.upsert(decodeRow(rows[i]!, scratch));
+    }
+    await this.options.beforePublish?.(pid);
+    if (load.abort.signal.aborted || !this.enabled) return;
+    this.loads.delete(pid);
+    this.sets.set(pid, set);
+    this.loadedVectors += set.count;
+    for (const id of load.changed) this.enqueue(id, pid);
+    this.emit('loaded', pid, set.count, performance.now() - started);
+  }
+}

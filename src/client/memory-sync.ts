@@ -1,0 +1,315 @@
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import pino, { type Logger } from 'pino';
+import { HotSetCache } from '../cache/hot-sets.js';
+import { PersonalityCache } from '../cache/personalities.js';
+import { deleteMemoryById, insertMemory, searchMemories, type SimilarMemory } from '../db/memories.js';
+import { createPool } from '../db/pool.js';
+import { createPrisma, type LlmConfig, type Personality, type PrismaClient } from '../db/prisma.js';
+import { withRetry, type RetryOptions } from '../db/retry.js';
+import { assertUuid, normalizeInto, parseEmbedding, EMBEDDING_DIMENSION } from '../embedding.js';
+import { NotFoundError, QueryError, ValidationError } from '../errors.js';
+import { Listener, type ListenerState } from '../listener/listener.js';
+import type { InvalidationEvent } from '../listener/payload.js';
+import { kernel } from '../search/kernel.js';
+import { searchHotSet } from '../search/hot-search.js';
+import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './options.js';
+import { validateSearch, validateStore, type SearchInput, type StoreInput } from './validation.js';
+
+export type PersonalityWithConfig = Personality & { llmConfig: LlmConfig | null };
+export type { SimilarMemory, SearchInput, StoreInput };
+
+/** What a notification did to the caches. */
+export type InvalidationAction = 'evicted' | 'patched' | 'flushed' | 'ignored';
+
+export interface InvalidationInfo {
+  event: InvalidationEvent;
+  action: InvalidationAction;
+  /** Receive time minus the payload's send timestamp. */
+  lagMs: number;
+}
+
+export interface MemorySyncStats {
+  hits: number;
+  misses: number;
+  evictions: number;
+  invalidations: Record<string, number>;
+  invalidNotifications: number;
+  reconnects: number;
+  flushes: number;
+  hotSetBytes: number;
+  hotSets: number;
+  hotVectors: number;
+  hotSearches: number;
+  pgvectorSearches: number;
+  abortedFills: number;
+  listener: ListenerState;
+  kernel: string;
+}
+
+export interface MemorySyncEvents {
+  invalidation: [info: InvalidationInfo];
+  invalid: [reason: string, sample: string];
+  reconnect: [];
+  flush: [reason: string];
+  down: [reason: string];
+}
+
+/** The lookup and write surface shared by the in-process and the sidecar client. */
+export interface MemoryClient {
+  getPersonality(id: string): Promise<PersonalityWithConfig | null>;
+  findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]>;
+  storeMemory(input: StoreInput): Promise<string>;
+  deleteMemory(id: string): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export class MemorySync extends EventEmitter<MemorySyncEvents> implements MemoryClient {
+  readonly options: ResolvedOptions;
+  readonly logger: Logger;
+  readonly pool: pg.Pool;
+  readonly prisma: PrismaClient;
+  readonly listener: Listener;
+  readonly personalities: PersonalityCache<PersonalityWithConfig>;
+  readonly hotSets: HotSetCache;
+  private readonly retry: RetryOptions;
+  private readonly counters = {
+    invalid: 0,
+    reconnects: 0,
+    flushes: 0,
+    hotSearches: 0,
+    pgvectorSearches: 0,
+    invalidations: {} as Record<string, number>,
+  };
+  private summaryTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(options: MemorySyncOptions = {}) {
+    super();
+    this.options = resolveOptions(options);
+    this.logger = options.logger ?? pino({ level: 'silent' });
+    const o = this.options;
+    this.retry = {
+      ...o.retry,
+      onRetry: (err, attempt) =>
+        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
+    };
+    this.pool = createPool({
+      databaseUrl: o.databaseUrl,
+      max: o.poolSize,
+      ivfflatProbes: o.ivfflatProbes,
+      queryTimeoutMs: o.queryTimeoutMs,
+      logger: this.logger,
+    });
+    this.prisma = createPrisma(this.pool);
+    this.listener = new Listener({ ...o.listener, databaseUrl: o.listener.databaseUrl ?? o.databaseUrl, logger: this.logger });
+
+    const afterRead = options.hooks?.afterPersonalityRead;
+    this.personalities = new PersonalityCache<PersonalityWithConfig>({
+      ...o.personalities,
+      load: async (id) => {
+        const value = await this.loadPersonality(id);
+        await afterRead?.(id);
+        return value;
+      },
+    });
+    this.hotSets = new HotSetCache({
+      db: this.pool,
+      logger: this.logger,
+      ...o.hotSets,
+      retry: this.retry,
+      beforePublish: options.hooks?.beforeHotSetPublish,
+    });
+
+    this.listener.on('event', (event, receivedAt) => this.apply(event, receivedAt));
+    this.listener.on('invalid', (reason, sample, bytes) => {
+      this.counters.invalid++;
+      this.logger.warn({ reason, bytes, sample }, 'invalid notification ignored');
+      this.emit('invalid', reason, sample);
+    });
+    this.listener.on('down', (reason) => {
+      // Notifications sent from now on are lost to us: stop serving cached data.
+      this.hotSets.setEnabled(false);
+      this.personalities.clear();
+      this.logger.warn({ reason }, 'listener down; serving from the database');
+      this.emit('down', reason);
+    });
+    this.listener.on('up', (reconnected) => {
+      if (reconnected) {
+        this.counters.reconnects++;
+        this.flush('reconnect');
+        this.logger.warn('listener reconnected; caches flushed');
+        this.emit('reconnect');
+      }
+      this.hotSets.setEnabled(true);
+    });
+  }
+
+  /** Connects; resolves once LISTEN is confirmed. */
+  async start(): Promise<void> {
+    await this.listener.start();
+    if (this.options.summaryIntervalMs > 0) {
+      this.summaryTimer = setInterval(() => this.logger.info({ stats: this.stats() }, 'memory-sync summary'), this.options.summaryIntervalMs);
+      this.summaryTimer.unref();
+    }
+  }
+
+  /** Releases every connection. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.summaryTimer);
+    this.hotSets.setEnabled(false);
+    this.personalities.clear();
+    await this.listener.close();
+    await this.prisma.$disconnect().catch(() => {});
+    await this.pool.end().catch(() => {});
+  }
+
+  /** Resolves when every notification committed before the call has been applied. */
+  sync(timeoutMs?: number): Promise<void> {
+    return this.listener.sync(timeoutMs);
+  }
+
+  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
+    if (this.listener.isUp) {
+      const hit = this.personalities.peek(id);
+      if (hit !== undefined) return Promise.resolve(hit);
+    }
+    return this.getPersonalitySlow(id);
+  }
+
+  private async getPersonalitySlow(rawId: string): Promise<PersonalityWithConfig | null> {
+    const id = assertUuid(rawId, 'id');
+    // Listener down: a cached value may have missed its invalidation.
+    if (!this.listener.isUp) return this.loadPersonality(id);
+    return this.personalities.get(id);
+  }
+
+  private loadPersonality(id: string): Promise<PersonalityWithConfig | null> {
+    return withRetry(() => this.prisma.personality.findUnique({ where: { id }, include: { llmConfig: true } }), this.retry);
+  }
+
+  async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
+    const q = validateSearch(input);
+    const set = this.hotSets.get(q.personalityId);
+    if (set) {
+      const unit = new Float32Array(EMBEDDING_DIMENSION);
+      normalizeInto(q.embedding, unit);
+      const hits = await searchHotSet(set, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
+      if (hits) {
+        this.counters.hotSearches++;
+        return hits;
+      }
+    }
+    this.counters.pgvectorSearches++;
+    return withRetry(() => searchMemories(this.pool, q), this.retry);
+  }
+
+  async storeMemory(input: StoreInput): Promise<string> {
+    const m = validateStore(input);
+    const id = randomUUID();
+    try {
+      await withRetry(() => insertMemory(this.pool, { id, ...m }), this.retry);
+    } catch (err) {
+      if (err instanceof QueryError && err.code === '23503') {
+        throw new NotFoundError(`personality ${m.personalityId} does not exist`);
+      }
+      throw err;
+    }
+    // Read-your-writes: the set is refreshed before it is served again.
+    this.hotSets.refreshRows([id], [m.personalityId]);
+    return id;
+  }
+
+  async deleteMemory(rawId: string): Promise<boolean> {
+    const id = assertUuid(rawId, 'id');
+    const personalityId = await withRetry(() => deleteMemoryById(this.pool, id), this.retry);
+    if (personalityId === null) return false;
+    this.hotSets.removeRows([id], [personalityId]);
+    return true;
+  }
+
+  stats(): MemorySyncStats {
+    const p = this.personalities.stats();
+    const h = this.hotSets.stats();
+    return {
+      hits: p.hits,
+      misses: p.misses,
+      evictions: p.evictions + h.evictions,
+      invalidations: { ...this.counters.invalidations },
+      invalidNotifications: this.counters.invalid,
+      reconnects: this.counters.reconnects,
+      flushes: this.counters.flushes,
+      hotSetBytes: h.bytes,
+      hotSets: h.sets,
+      hotVectors: h.vectors,
+      hotSearches: this.counters.hotSearches,
+      pgvectorSearches: this.counters.pgvectorSearches,
+      abortedFills: p.abortedFills,
+      listener: this.listener.state,
+      kernel: kernel().name,
+    };
+  }
+
+  private flush(reason: string): void {
+    this.personalities.clear();
+    this.hotSets.clear();
+    this.counters.flushes++;
+    this.emit('flush', reason);
+  }
+
+  private apply(event: InvalidationEvent, receivedAt: number): void {
+    const action = this.act(event);
+    const key = `${event.table}.${event.op}`;
+    this.counters.invalidations[key] = (this.counters.invalidations[key] ?? 0) + 1;
+    const lagMs = receivedAt - event.ts;
+    this.logger.debug(
+      {
+        table: event.table,
+        op: event.op,
+        scope: event.scope,
+        ids: event.ids.length,
+        personalities: event.personalityIds.length,
+        lagMs: Math.round(lagMs * 1000) / 1000,
+        action,
+      },
+      'invalidation',
+    );
+    this.emit('invalidation', { event, action, lagMs });
+  }
+
+  private act(e: InvalidationEvent): InvalidationAction {
+    const pids = e.personalityIds;
+    if (e.table === 'memories') {
+      if (e.scope === 'table') {
+        this.hotSets.clear();
+        this.counters.flushes++;
+        this.emit('flush', `${e.table}.${e.op}`);
+        return 'flushed';
+      }
+      if (e.scope === 'personalities') return this.hotSets.drop(pids) ? 'evicted' : 'ignored';
+      const touched = e.op === 'DELETE' ? this.hotSets.removeRows(e.ids, pids) : this.hotSets.refreshRows(e.ids, pids);
+      return touched ? 'patched' : 'ignored';
+    }
+    if (e.scope === 'table') {
+      this.personalities.clear();
+      // TRUNCATE personalities cascades to memories.
+      if (e.table === 'personalities') this.hotSets.clear();
+      this.counters.flushes++;
+      this.emit('flush', `${e.table}.${e.op}`);
+      return 'flushed';
+    }
+    let touched = this.personalities.delete(pids) > 0;
+    if (e.table === 'personalities' && e.op === 'DELETE') touched = this.hotSets.drop(pids) || touched;
+    return touched ? 'evicted' : 'ignored';
+  }
+}
+
+/** Creates a client; call start() before use. */
+export function createMemorySync(options: MemorySyncOptions = {}): MemorySync {
+  return new MemorySync(options);
+}
+
+export { ValidationError };

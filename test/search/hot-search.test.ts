@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import { HotSet } from '../../src/cache/hot-set.js';
+import { normalizeInto } from '../../src/embedding.js';
+import { jsDot, kernel } from '../../src/search/kernel.js';
+import { ROWS_PER_SLICE, searchHotSet } from '../../src/search/hot-search.js';
+import { seededVectors } from '../helpers/db.js';
+
+function build(n: number, seed = 1): HotSet {
+  const set = new HotSet('p', 4);
+  seededVectors(seed, n).forEach((embedding, i) =>
+    set.upsert({
+      id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+      personalityId: 'p',
+      channelId: i % 2 ? 'odd' : 'even',
+      content: `m${i}`,
+      createdAt: new Date(0),
+      metadata: null,
+      embedding,
+    }),
+  );
+  return set;
+}
+
+function unit(v: Float32Array): Float32Array {
+  const u = new Float32Array(v.length);
+  normalizeInto(v, u);
+  return u;
+}
+
+/** Reference: score everything in float64, sort. */
+function brute(set: HotSet, q: Float32Array, k: number, channel?: string) {
+  const all = [];
+  for (let r = 0; r < set.count; r++) {
+    if (channel && set.channelIds[r] !== channel) continue;
+    let s = 0;
+    for (let i = 0; i < q.length; i++) s += set.views[r]![i]! * q[i]!;
+    all.push({ id: set.ids[r]!, s });
+  }
+  return all.sort((a, b) => b.s - a.s || (a.id < b.id ? -1 : 1)).slice(0, k);
+}
+
+describe('hot-set search', () => {
+  it('selected kernel agrees with the JS kernel', () => {
+    const [a, b] = seededVectors(3, 2);
+    expect(Math.abs(kernel().dot(a!, b!) - jsDot(a!, b!))).toBeLessThan(1e-3);
+  });
+
+  it('returns the exact top-k, ordered by similarity then id, with channel and threshold filters', async () => {
+    const set = build(500);
+    const q = unit(seededVectors(9, 1)[0]!);
+    for (const channel of [undefined, 'odd']) {
+      const got = await searchHotSet(set, { query: q, limit: 7, channelId: channel });
+      const ref = brute(set, q, 7, channel);
+      expect(got!.map((g) => g.id)).toEqual(ref.map((r) => r.id));
+      got!.forEach((g, i) => expect(g.similarity).toBeCloseTo(ref[i]!.s, 5));
+    }
+    const ref = brute(set, q, 10);
+    const min = (ref[4]!.s + ref[5]!.s) / 2;
+    expect((await searchHotSet(set, { query: q, limit: 10, minSimilarity: min }))!.map((g) => g.id)).toEqual(ref.slice(0, 5).map((r) => r.id));
+  });
+
+  it('keeps rows dense and correct across removes and updates', async () => {
+    const set = build(50);
+    const q = unit(seededVectors(9, 1)[0]!);
+    const victim = brute(set, q, 1)[0]!.id;
+    expect(set.remove(victim)).toBe(true);
+    expect(set.remove(victim)).toBe(false);
+    expect(set.count).toBe(49);
+    const got = await searchHotSet(set, { query: q, limit: 3 });
+    expect(got!.map((g) => g.id)).toEqual(brute(set, q, 3).map((r) => r.id));
+    expect(got!.map((g) => g.id)).not.toContain(victim);
+  });
+
+  it('yields between slices on a large set, and gives up (null) if the set changes meanwhile', async () => {
+    const set = build(ROWS_PER_SLICE + 10);
+    const q = unit(seededVectors(9, 1)[0]!);
+    const pending = searchHotSet(set, { query: q, limit: 3 });
+    set.remove(set.ids[0]!); // runs while the search is parked between slices
+    expect(await pending).toBeNull();
+    const again = await searchHotSet(set, { query: q, limit: 3 });
+    expect(again!.map((g) => g.id)).toEqual(brute(set, q, 3).map((r) => r.id));
+  });
+});
