@@ -1,4 +1,5 @@
-import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
+import { EMBEDDING_DIMENSION } from '../embedding.js';
+import { kernel } from '../search/kernel.js';
 import type { MemoryRow } from '../db/memories.js';
 
 const ROW_OVERHEAD_BYTES = 160; // id, channel, Date, Map entry, view
@@ -54,7 +55,10 @@ export class HotSet {
     } else {
       this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
     }
-    normalizeInto(row.embedding, this.vectors, r * this.dim);
+    const v = row.embedding;
+    const inv = 1 / Math.sqrt(kernel().dot(v, v));
+    const base = r * this.dim;
+    for (let i = 0; i < this.dim; i++) this.vectors[base + i] = v[i]! * inv;
     this.ids[r] = row.id;
     this.channelIds[r] = row.channelId;
     this.contents[r] = row.content;

@@ -1,15 +1,13 @@
 import { EventEmitter, once } from 'node:events';
-import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { EMBEDDING_DIMENSION } from '../embedding.js';
-import { decodeRow, fetchMemoriesByIds, loadPersonalityMemories } from '../db/memories.js';
+import { countPersonalityMemories, fetchMemoriesByIds, streamPersonalityMemories } from '../db/memories.js';
 import { withRetry, type RetryOptions } from '../db/retry.js';
 import { HotSet } from './hot-set.js';
 
 export interface HotSetCacheOptions {
-  db: Pick<pg.Pool, 'query'>;
+  db: pg.Pool;
   logger: Logger;
   /** Total bytes of all hot sets together. */
   maxBytes: number;
@@ -38,7 +36,6 @@ export interface HotSetStats {
   pendingPatches: number;
 }
 
-const ROWS_PER_LOAD_SLICE = 512;
 const IDS_PER_PATCH = 500;
 
 /**
@@ -261,23 +258,38 @@ export class HotSetCache extends EventEmitter<{
   private async load(pid: string, load: Load): Promise<void> {
     const started = performance.now();
     const max = this.options.maxVectorsPerSet;
-    const rows = await withRetry(() => loadPersonalityMemories(this.options.db, pid, max + 1), {
-      ...this.options.retry,
-      signal: load.abort.signal,
-    });
+    let set = new HotSet(pid);
+    let tooLarge = false;
+    await withRetry(
+      async () => {
+        // Counting first sizes the vector block once, instead of doubling it.
+        const n = await countPersonalityMemories(this.options.db, pid, max + 1);
+        if (n > max) {
+          tooLarge = true;
+          return;
+        }
+        set = new HotSet(pid, n); // a retry starts over
+        await streamPersonalityMemories(
+          this.options.db,
+          pid,
+          max + 1,
+          (row) => {
+            if (set.count === max) {
+              tooLarge = true; // grew past the limit since the count
+              return false;
+            }
+            set.upsert(row);
+            return !load.abort.signal.aborted;
+          },
+          load.abort.signal,
+        );
+      },
+      { ...this.options.retry, signal: load.abort.signal },
+    );
     if (load.abort.signal.aborted) return;
-    if (rows.length > max) {
+    if (tooLarge) {
       this.tooLarge.set(pid, true);
       return;
-    }
-    const set = new HotSet(pid, rows.length);
-    const scratch = new Float32Array(EMBEDDING_DIMENSION);
-    for (let i = 0; i < rows.length; i++) {
-      if (i > 0 && i % ROWS_PER_LOAD_SLICE === 0) {
-        await yieldToLoop();
-        if (load.abort.signal.aborted) return;
-      }
-      set.upsert(decodeRow(rows[i]!, scratch));
     }
     await this.options.beforePublish?.(pid);
     if (load.abort.signal.aborted || !this.enabled) return;

@@ -173,11 +173,17 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   }
 
   getPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    if (this.listener.isUp) {
-      const hit = this.personalities.peek(id);
-      if (hit !== undefined) return Promise.resolve(hit);
-    }
-    return this.getPersonalitySlow(id);
+    const hit = this.peekPersonality(id);
+    return hit === undefined ? this.getPersonalitySlow(id) : Promise.resolve(hit);
+  }
+
+  /**
+   * Synchronous hit path for hot loops: the cached personality (or null for a
+   * cached "does not exist"), or undefined when only getPersonality() can
+   * answer. Never returns a value while the listener is down.
+   */
+  peekPersonality(id: string): PersonalityWithConfig | null | undefined {
+    return this.listener.isUp ? this.personalities.peek(id) : undefined;
   }
 
   private async getPersonalitySlow(rawId: string): Promise<PersonalityWithConfig | null> {

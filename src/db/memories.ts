@@ -1,4 +1,6 @@
-import type pg from 'pg';
+import pg from 'pg';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { to as copyTo } from 'pg-copy-streams';
 import { EMBEDDING_DIMENSION, toVectorLiteral } from '../embedding.js';
 
 /** One memory row as the hot set and search results need it. */
@@ -53,14 +55,128 @@ export function decodeRow(r: RawRow, scratch?: Float32Array): MemoryRow {
 
 type Queryable = Pick<pg.Pool, 'query'>;
 
-/** Every memory of a personality, newest first; `limit` caps the transfer. Decode with decodeRow. */
-export async function loadPersonalityMemories(db: Queryable, personalityId: string, limit: number): Promise<RawRow[]> {
-  const res = await db.query<RawRow>({
-    text: `SELECT ${COLUMNS} FROM memories WHERE "personalityId" = $1 ORDER BY "createdAt" DESC, id LIMIT $2`,
-    values: [personalityId, limit],
-    rowMode: 'array',
-  });
-  return res.rows;
+const ROWS_PER_YIELD = 256;
+const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
+const PG_EPOCH_MS = Date.UTC(2000, 0, 1);
+
+function uuidText(b: Buffer, at: number): string {
+  const h = b.toString('hex', at, at + 16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** Copies big-endian float4s into `dst` (aligned) and swaps them in place, natively. */
+function readFloatsBE(src: Buffer, at: number, dst: Float32Array): void {
+  const bytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.length * 4);
+  bytes.set(src.subarray(at, at + bytes.length));
+  Buffer.from(dst.buffer, dst.byteOffset, bytes.length).swap32();
+}
+
+/** Parses COPY BINARY tuples of (id, channelId, content, createdAt, metadata, embedding). */
+function parseTuple(b: Buffer, at: number, end: number, personalityId: string, scratch: Float32Array): [MemoryRow, number] | null {
+  if (at + 2 > end) return null;
+  const fields = b.readInt16BE(at);
+  if (fields === -1) return null; // trailer
+  let p = at + 2;
+  const cols: Array<[number, number]> = [];
+  for (let i = 0; i < fields; i++) {
+    if (p + 4 > end) return null;
+    const len = b.readInt32BE(p);
+    p += 4;
+    if (len > 0 && p + len > end) return null;
+    cols.push([p, len]);
+    if (len > 0) p += len;
+  }
+  const [id, channel, content, created, meta, vec] = cols as [[number, number], [number, number], [number, number], [number, number], [number, number], [number, number]];
+  const dim = b.readInt16BE(vec[0]);
+  if (dim !== scratch.length) throw new Error(`embedding has ${dim} dimensions, expected ${scratch.length}`);
+  readFloatsBE(b, vec[0] + 4, scratch);
+  const row: MemoryRow = {
+    id: uuidText(b, id[0]),
+    personalityId,
+    channelId: b.toString('utf8', channel[0], channel[0] + channel[1]),
+    content: b.toString('utf8', content[0], content[0] + content[1]),
+    createdAt: new Date(PG_EPOCH_MS + Number(b.readBigInt64BE(created[0]) / 1000n)),
+    // jsonb's binary form: a version byte, then the JSON text.
+    metadata: meta[1] < 0 ? null : JSON.parse(b.toString('utf8', meta[0] + 1, meta[0] + meta[1])),
+    embedding: scratch,
+  };
+  return [row, p];
+}
+
+/** Rows a load would transfer, capped at `limit` (index-only on the btree). */
+export async function countPersonalityMemories(db: Queryable, personalityId: string, limit: number): Promise<number> {
+  const r = await db.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM (SELECT 1 FROM memories WHERE "personalityId" = $1 LIMIT $2) s',
+    [personalityId, limit],
+  );
+  return r.rows[0]!.n;
+}
+
+/**
+ * Streams every memory of a personality, newest first, through COPY BINARY:
+ * 6 KB per 1536-dim vector on the wire, no text encoding either side. `onRow`
+ * gets a row whose embedding buffer is reused; return false to stop early.
+ */
+export async function streamPersonalityMemories(
+  pool: pg.Pool,
+  personalityId: string,
+  limit: number,
+  onRow: (row: MemoryRow) => boolean,
+  signal?: AbortSignal,
+): Promise<number> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    const stream = client.query(
+      copyTo(
+        `COPY (SELECT id, "channelId", content, "createdAt", metadata, embedding FROM memories
+               WHERE "personalityId" = ${pg.escapeLiteral(personalityId)}
+               ORDER BY "createdAt" DESC, id LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`,
+      ),
+    );
+    const scratch = new Float32Array(EMBEDDING_DIMENSION);
+    let pending: Buffer | undefined;
+    let header = false;
+    let rows = 0;
+    let yieldedAt = 0;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      if (signal?.aborted) {
+        broken = true;
+        stream.destroy();
+        return rows;
+      }
+      const b: Buffer = pending ? Buffer.concat([pending, chunk]) : chunk;
+      let at = 0;
+      if (!header) {
+        if (b.length < 19) {
+          pending = b;
+          continue;
+        }
+        if (!b.subarray(0, 11).equals(COPY_SIGNATURE)) throw new Error('not a COPY BINARY stream');
+        at = 19 + b.readInt32BE(15); // signature, flags, header extension
+        header = true;
+      }
+      for (let t = parseTuple(b, at, b.length, personalityId, scratch); t; t = parseTuple(b, at, b.length, personalityId, scratch)) {
+        at = t[1];
+        rows++;
+        if (!onRow(t[0])) {
+          broken = true;
+          stream.destroy();
+          return rows;
+        }
+      }
+      pending = at < b.length ? b.subarray(at) : undefined;
+      // Let other work run between chunks (~10 rows each): a 20,000-row load never holds the loop.
+      if (rows - yieldedAt >= ROWS_PER_YIELD) {
+        yieldedAt = rows;
+        await yieldToLoop();
+      }
+    }
+    return rows;
+  } finally {
+    // A COPY cut short leaves the connection mid-protocol: discard it.
+    client.release(broken);
+  }
 }
 
 /** Current state of the given rows; absent ids were deleted. */
