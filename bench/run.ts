@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import pg from 'pg';
 import pgListen from 'pg-listen';
+import pgvector from 'pgvector';
 import { createMemorySync, type MemorySync } from '../src/client/memory-sync.js';
 import { searchMemories } from '../src/db/memories.js';
 import { migrate } from '../src/db/migrate.js';
@@ -281,7 +282,7 @@ async function load(client: MemorySync, url: string, pid: string, size: number):
   const t = now();
   const { rows } = await c.query<{ e: string }>(`SELECT embedding::text AS e FROM memories WHERE "personalityId" = $1`, [pid]);
   let sum = 0;
-  for (const r of rows) sum += JSON.parse(r.e)[0];
+  for (const r of rows) sum += (pgvector.fromSql(r.e) as number[])[0]!;
   const textMs = now() - t;
   await c.end();
   if (Number.isNaN(sum)) throw new Error('parse');

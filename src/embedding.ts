@@ -38,11 +38,6 @@ export function parseEmbedding(value: unknown, field = 'embedding'): Float32Arra
   return out;
 }
 
-/** pgvector's text form; float32 values print exactly as pgvector parses them back. */
-export function toVectorLiteral(v: Float32Array): string {
-  return `[${Array.prototype.join.call(v, ',')}]`;
-}
-
 /** Scales to unit length in float64, stores float32: the hot-set kernel then needs only a dot product. */
 export function normalizeInto(src: Float32Array, dst: Float32Array, offset = 0): void {
   let norm = 0;

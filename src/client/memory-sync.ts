@@ -8,8 +8,8 @@ import { deleteMemoryById, insertMemory, searchMemories, type SimilarMemory } fr
 import { createPool } from '../db/pool.js';
 import { createPrisma, type LlmConfig, type Personality, type PrismaClient } from '../db/prisma.js';
 import { withRetry, type RetryOptions } from '../db/retry.js';
-import { assertUuid, normalizeInto, parseEmbedding, EMBEDDING_DIMENSION } from '../embedding.js';
-import { NotFoundError, QueryError, ValidationError } from '../errors.js';
+import { assertUuid, normalizeInto, EMBEDDING_DIMENSION } from '../embedding.js';
+import { NotFoundError, QueryError } from '../errors.js';
 import { Listener, type ListenerState } from '../listener/listener.js';
 import type { InvalidationEvent } from '../listener/payload.js';
 import { kernel } from '../search/kernel.js';
@@ -318,4 +318,3 @@ export function createMemorySync(options: MemorySyncOptions = {}): MemorySync {
   return new MemorySync(options);
 }
 
-export { ValidationError };

@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { to as copyTo } from 'pg-copy-streams';
-import { EMBEDDING_DIMENSION, toVectorLiteral } from '../embedding.js';
+import pgvector from 'pgvector';
+import { EMBEDDING_DIMENSION } from '../embedding.js';
 
 /** One memory row as the hot set and search results need it. */
 export interface MemoryRow {
@@ -54,6 +55,9 @@ export function decodeRow(r: RawRow, scratch?: Float32Array): MemoryRow {
 }
 
 type Queryable = Pick<pg.Pool, 'query'>;
+
+/** pgvector's text form; float32 values print exactly as pgvector parses them back. */
+const toVector = (v: Float32Array): string => pgvector.toSql(Array.from(v)) as string;
 
 const ROWS_PER_YIELD = 256;
 const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
@@ -205,7 +209,7 @@ export interface SearchQuery {
  * relaxed_order does not promise.
  */
 export async function searchMemories(db: Queryable, q: SearchQuery): Promise<SimilarMemory[]> {
-  const values: unknown[] = [toVectorLiteral(q.embedding), q.personalityId, q.limit];
+  const values: unknown[] = [toVector(q.embedding), q.personalityId, q.limit];
   let filter = '';
   if (q.channelId !== undefined) {
     values.push(q.channelId);
@@ -254,7 +258,7 @@ export async function insertMemory(db: Queryable, m: NewMemory): Promise<void> {
   await db.query(
     `INSERT INTO memories (id, "personalityId", "channelId", content, embedding, metadata)
      VALUES ($1, $2, $3, $4, $5::vector, $6::jsonb) ON CONFLICT (id) DO NOTHING`,
-    [m.id, m.personalityId, m.channelId, m.content, toVectorLiteral(m.embedding), m.metadata === undefined ? null : JSON.stringify(m.metadata)],
+    [m.id, m.personalityId, m.channelId, m.content, toVector(m.embedding), m.metadata === undefined ? null : JSON.stringify(m.metadata)],
   );
 }
 
