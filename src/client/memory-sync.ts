@@ -266,6 +266,12 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.emit('flush', reason);
   }
 
+  private flushed(e: InvalidationEvent): void {
+    this.counters.flushes++;
+    this.logger.warn({ table: e.table, op: e.op, scope: e.scope }, 'cache flushed by a table-wide change');
+    this.emit('flush', `${e.table}.${e.op}`);
+  }
+
   private apply(event: InvalidationEvent, receivedAt: number): void {
     const action = this.act(event);
     const key = `${event.table}.${event.op}`;
@@ -291,8 +297,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     if (e.table === 'memories') {
       if (e.scope === 'table') {
         this.hotSets.clear();
-        this.counters.flushes++;
-        this.emit('flush', `${e.table}.${e.op}`);
+        this.flushed(e);
         return 'flushed';
       }
       if (e.scope === 'personalities') return this.hotSets.drop(pids) ? 'evicted' : 'ignored';
@@ -303,8 +308,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       this.personalities.clear();
       // TRUNCATE personalities cascades to memories.
       if (e.table === 'personalities') this.hotSets.clear();
-      this.counters.flushes++;
-      this.emit('flush', `${e.table}.${e.op}`);
+      this.flushed(e);
       return 'flushed';
     }
     let touched = this.personalities.delete(pids) > 0;
