@@ -12,6 +12,7 @@ import { assertUuid, normalizeInto, EMBEDDING_DIMENSION } from '../embedding.js'
 import { NotFoundError, QueryError } from '../errors.js';
 import { Listener, type ListenerState } from '../listener/listener.js';
 import type { InvalidationEvent } from '../listener/payload.js';
+import { LogLimiter } from '../log-limit.js';
 import { kernel } from '../search/kernel.js';
 import { searchHotSet } from '../search/hot-search.js';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './options.js';
@@ -83,17 +84,19 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     invalidations: {} as Record<string, number>,
   };
   private summaryTimer: NodeJS.Timeout | undefined;
+  private readonly warnings: LogLimiter;
   private closed = false;
 
   constructor(options: MemorySyncOptions = {}) {
     super();
     this.options = resolveOptions(options);
     this.logger = options.logger ?? pino({ level: 'silent' });
+    this.warnings = new LogLimiter(this.logger);
     const o = this.options;
     this.retry = {
       ...o.retry,
       onRetry: (err, attempt) =>
-        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
+        this.warnings.warn('retry', { attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
     };
     this.pool = createPool({
       databaseUrl: o.databaseUrl,
@@ -111,6 +114,9 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       load: async (id) => {
         const value = await this.loadPersonality(id);
         await afterRead?.(id);
+        // Shared by every caller: frozen, so one caller cannot change another's copy.
+        if (value?.llmConfig) Object.freeze(value.llmConfig);
+        if (value) Object.freeze(value);
         return value;
       },
     });
@@ -125,7 +131,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.listener.on('event', (event, receivedAt) => this.apply(event, receivedAt));
     this.listener.on('invalid', (reason, sample, bytes) => {
       this.counters.invalid++;
-      this.logger.warn({ reason, bytes, sample }, 'invalid notification ignored');
+      this.warnings.warn('invalid', { reason, bytes, sample }, 'invalid notification ignored');
       this.emit('invalid', reason, sample);
     });
     this.listener.on('down', (reason) => {

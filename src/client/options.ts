@@ -2,8 +2,11 @@ import { z } from 'zod';
 import type { Logger } from 'pino';
 import { ConfigError } from '../errors.js';
 
-const ms = z.number().int().nonnegative();
+// Node runs a timer set past 2^31 - 1 ms after 1 ms: a huge interval would spin.
+const MAX_TIMER_MS = 2_147_483_647;
+const ms = z.number().int().nonnegative().max(MAX_TIMER_MS);
 const positive = z.number().int().positive();
+const timer = positive.max(MAX_TIMER_MS);
 
 export const optionsSchema = z.object({
   databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
@@ -12,34 +15,34 @@ export const optionsSchema = z.object({
     .object({
       /** LISTEN through another URL, e.g. a direct connection when the pool goes through PgBouncer. */
       databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL').optional(),
-      paranoidIntervalMs: positive.default(5_000),
-      queryTimeoutMs: positive.default(3_000),
-      retryMinMs: positive.default(100),
-      retryMaxMs: positive.default(5_000),
+      paranoidIntervalMs: timer.default(5_000),
+      queryTimeoutMs: timer.default(3_000),
+      retryMinMs: timer.default(100),
+      retryMaxMs: timer.default(5_000),
     })
     .prefault({}),
   personalities: z
     .object({
       max: positive.default(1_000),
-      ttlMs: positive.default(300_000),
-      negativeTtlMs: positive.default(5_000),
+      ttlMs: timer.default(300_000),
+      negativeTtlMs: timer.default(5_000),
     })
     .prefault({}),
   hotSets: z
     .object({
       maxBytes: positive.default(256 * 1024 * 1024),
       maxVectorsPerSet: positive.default(20_000),
-      tooLargeTtlMs: positive.default(60_000),
+      tooLargeTtlMs: timer.default(60_000),
     })
     .prefault({}),
   ivfflatProbes: positive.max(50).default(1),
   /** Client-side limit for one pool query: a half-open socket fails instead of hanging. */
-  queryTimeoutMs: positive.default(30_000),
+  queryTimeoutMs: timer.default(30_000),
   retry: z
     .object({
       retries: z.number().int().min(0).max(20).default(5),
-      minTimeoutMs: positive.default(50),
-      maxTimeoutMs: positive.default(2_000),
+      minTimeoutMs: timer.default(50),
+      maxTimeoutMs: timer.default(2_000),
     })
     .prefault({}),
   summaryIntervalMs: ms.default(60_000),

@@ -265,8 +265,9 @@ describe('findSimilarMemories', () => {
         writes++;
       }
     })();
+    const loadedEvent = new Promise<number>((resolve) => c.hotSets.once('loaded', (_p, n) => resolve(n)));
     await c.findSimilarMemories({ personalityId: pid, embedding: q });
-    const loaded = await new Promise<number>((resolve) => c.hotSets.once('loaded', (_p, n) => resolve(n)));
+    const loaded = await loadedEvent;
     expect(loaded).toBeGreaterThanOrEqual(500);
     while (c.stats().hotSearches === 0 && writing) {
       await c.findSimilarMemories({ personalityId: pid, embedding: q });

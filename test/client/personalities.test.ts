@@ -34,8 +34,11 @@ describe('getPersonality', () => {
     const c = await client();
     const first = await c.getPersonality(id);
     expect(first).toMatchObject({ id, name: 'fresh', llmConfig: { model: 'model-a', personalityId: id } });
-    await c.getPersonality(id);
+    const again = await c.getPersonality(id);
     expect(c.stats()).toMatchObject({ hits: 1, misses: 1 });
+    // Shared between callers, so frozen: one caller cannot change another's copy.
+    expect(Object.isFrozen(again)).toBe(true);
+    expect(Object.isFrozen(again?.llmConfig)).toBe(true);
 
     const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities');
     await writer.query(`UPDATE personalities SET "displayName" = 'Fresh!' WHERE id = $1`, [id]);

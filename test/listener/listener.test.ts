@@ -74,12 +74,13 @@ describe('listener', () => {
     expect((await c.getPersonality(id))?.displayName).toBe('half-open');
 
     const down = once(c, 'down');
+    const reconnected = once(c, 'reconnect');
     expect(proxy.freeze()).toBe(1); // the socket stays open; no bytes pass, no FIN, no RST
     await down;
     await writer.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
     expect((await c.getPersonality(id))?.displayName).toBe('changed');
 
-    await once(c, 'reconnect');
+    await reconnected;
     expect(c.stats()).toMatchObject({ listener: 'up', reconnects: 1 });
     const ev = nextInvalidation(c);
     await writer.query(`UPDATE personalities SET "displayName" = 'again' WHERE id = $1`, [id]);
