@@ -2,7 +2,10 @@
  * `npm run bench`: every figure beside its raw baseline from the same run.
  * Writes bench/results/<timestamp>.json and bench/results/latest.json.
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
@@ -10,6 +13,7 @@ import pg from 'pg';
 import pgListen from 'pg-listen';
 import pgvector from 'pgvector';
 import { createMemorySync, type MemorySync } from '../src/client/memory-sync.js';
+import { createSidecarClient } from '../src/client/sidecar-client.js';
 import { searchMemories } from '../src/db/memories.js';
 import { migrate } from '../src/db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
@@ -314,6 +318,51 @@ async function load(client: MemorySync, url: string, pid: string, size: number):
   });
 }
 
+/** Sidecar HTTP personality hit (keep-alive, loopback) beside the in-process hit. */
+async function sidecarHit(url: string, id: string, client: MemorySync): Promise<void> {
+  const proc = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'memory-sync.js'), 'start'], {
+    env: { ...process.env, DATABASE_URL: url, MEMORY_SYNC_PORT: '0', LOG_LEVEL: 'info', MEMORY_SYNC_JOB_INTERVAL_MS: '0' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    const lines = createInterface({ input: proc.stdout! });
+    let base = '';
+    for await (const line of lines) {
+      const l = JSON.parse(line) as { msg: string; url?: string };
+      if (l.msg === 'listening') base = l.url!;
+      if (l.msg === 'ready') break;
+    }
+    const remote = createSidecarClient({ url: base });
+    const n = QUICK ? 1_000 : 5_000;
+    const http: number[] = [];
+    const local: number[] = [];
+    for (let i = 0; i < 200; i++) await remote.getPersonality(id);
+    for (let i = 0; i < n; i++) {
+      let t = now();
+      await remote.getPersonality(id);
+      http.push(now() - t);
+      t = now();
+      await client.getPersonality(id);
+      local.push(now() - t);
+    }
+    await remote.close();
+    const p50 = pct(http, 50) * 1000;
+    figures.push({
+      figure: 'sidecar HTTP personality hit p50',
+      unit: 'µs',
+      value: round(p50, 1),
+      baseline: round(pct(local, 50) * 1000, 2),
+      baselineName: 'in-process await getPersonality (p50)',
+      goal: 'p50 ≤ 150 µs on loopback',
+      met: p50 <= 150,
+      detail: { httpP99us: round(pct(http, 99) * 1000, 1) },
+    });
+  } finally {
+    proc.kill('SIGTERM');
+    await once(proc, 'exit');
+  }
+}
+
 async function main(): Promise<void> {
   const started = new Date();
   await withDb(async (url) => {
@@ -342,6 +391,8 @@ async function main(): Promise<void> {
       await search(client, large, QUICK ? 2_000 : 10_000, 'hot p50 ≤ 3.5 ms', 3.5);
       console.error('load…');
       await load(client, url, large, QUICK ? 2_000 : 10_000);
+      console.error('sidecar…');
+      await sidecarHit(url, small, client);
     } finally {
       await client.close();
       await writer.end();

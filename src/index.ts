@@ -23,3 +23,4 @@ export {
 export { INVALIDATION_CHANNEL, parsePayload, type InvalidationEvent } from './listener/payload.js';
 export { migrate } from './db/migrate.js';
 export { checkMigrations, PROTECTED_INDEXES } from './db/check-migrations.js';
+export { createSidecarClient, SidecarClient, type SidecarClientOptions } from './client/sidecar-client.js';

@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { loadConfig } from '../config.js';
 import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../db/check-migrations.js';
 import { migrate } from '../db/migrate.js';
 import { ConfigError } from '../errors.js';
@@ -16,6 +17,16 @@ function program(out: { code: number }): Command {
     .description('Keeps bot caches in step with PostgreSQL via LISTEN/NOTIFY; serves memory search.')
     .exitOverride()
     .showHelpAfterError();
+
+  cli
+    .command('start')
+    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables; see README)')
+    .action(async () => {
+      const config = loadConfig(process.env);
+      // Loaded on demand: migrate and check-migrations (the pre-commit hook) need no HTTP stack.
+      const { runSidecar } = await import('../sidecar/lifecycle/start.js');
+      await runSidecar(config); // resolves after a clean SIGTERM/SIGINT shutdown
+    });
 
   cli
     .command('migrate')

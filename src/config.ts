@@ -1,0 +1,136 @@
+import { z } from 'zod';
+import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './client/options.js';
+import { ConfigError } from './errors.js';
+
+export type Env = Record<string, string | undefined>;
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface JobsConfig {
+  /** Conversation history older than this is deleted; 0 turns the cleanup off. */
+  historyTtlDays: number;
+  /** Memories kept per (personality, channel), newest first; 0 turns the cap off. */
+  memoryCap: number;
+  /** Rows per DELETE statement. */
+  batchSize: number;
+  /** Period of the retention jobs; 0 runs them at start-up only. */
+  intervalMs: number;
+  /** Period of the vector-index check; 0 checks at start-up only. */
+  indexGuardIntervalMs: number;
+}
+
+export interface SidecarConfig {
+  databaseUrl: string;
+  host: string;
+  port: number;
+  logLevel: LogLevel;
+  logPretty: boolean;
+  /** Apply migrations before serving. */
+  migrate: boolean;
+  /** Notification log lines per second before they are aggregated. */
+  logRate: number;
+  /** Backstop: the process exits this long after SIGTERM even if something hangs. */
+  shutdownTimeoutMs: number;
+  jobs: JobsConfig;
+  /** Validated engine options (createMemorySync), without the logger. */
+  engine: ResolvedOptions;
+}
+
+const POSTGRES_URL = /^postgres(ql)?:\/\//;
+const url = z.string().regex(POSTGRES_URL, 'must start with postgres:// or postgresql://');
+// Strict: "12abc", "1.5", "-1" and "1e3" are errors, not 12, 1, -1 or 1000.
+const whole = z
+  .string()
+  .regex(/^\d+$/, 'must be a whole number')
+  .transform(Number)
+  .pipe(z.number().int().max(Number.MAX_SAFE_INTEGER));
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => whole.pipe(z.number().min(min).max(max));
+// Node fires a longer setTimeout after 1 ms: a huge interval would become a busy loop.
+const MAX_TIMER_MS = 2_147_483_647;
+const timerMs = (min: number) => int(min, MAX_TIMER_MS);
+const bool = z
+  .string()
+  .transform((s) => s.toLowerCase())
+  .pipe(z.enum(['true', 'false', '1', '0'], { error: 'must be true, false, 1 or 0' }))
+  .transform((s) => s === 'true' || s === '1');
+
+/**
+ * Engine options set from the environment: variable, option path. Ranges and
+ * defaults live in the engine's schema (src/client/options.ts), so a value
+ * it rejects is reported under the variable's name.
+ */
+export const ENGINE_VARIABLES = [
+  ['MEMORY_SYNC_POOL_SIZE', 'poolSize'],
+  ['MEMORY_SYNC_LISTEN_URL', 'listener.databaseUrl'],
+  ['MEMORY_SYNC_LISTENER_PROBE_INTERVAL_MS', 'listener.paranoidIntervalMs'],
+  ['MEMORY_SYNC_LISTENER_TIMEOUT_MS', 'listener.queryTimeoutMs'],
+  ['MEMORY_SYNC_LISTENER_RETRY_MIN_MS', 'listener.retryMinMs'],
+  ['MEMORY_SYNC_LISTENER_RETRY_MAX_MS', 'listener.retryMaxMs'],
+  ['MEMORY_SYNC_PERSONALITY_CACHE_MAX', 'personalities.max'],
+  ['MEMORY_SYNC_PERSONALITY_TTL_MS', 'personalities.ttlMs'],
+  ['MEMORY_SYNC_NEGATIVE_TTL_MS', 'personalities.negativeTtlMs'],
+  ['MEMORY_SYNC_HOT_SET_MAX_BYTES', 'hotSets.maxBytes'],
+  ['MEMORY_SYNC_HOT_SET_MAX_VECTORS', 'hotSets.maxVectorsPerSet'],
+  ['MEMORY_SYNC_HOT_SET_RECHECK_MS', 'hotSets.tooLargeTtlMs'],
+  ['MEMORY_SYNC_IVFFLAT_PROBES', 'ivfflatProbes'],
+  ['MEMORY_SYNC_QUERY_TIMEOUT_MS', 'queryTimeoutMs'],
+  ['MEMORY_SYNC_DB_RETRIES', 'retry.retries'],
+  ['MEMORY_SYNC_DB_RETRY_MIN_MS', 'retry.minTimeoutMs'],
+  ['MEMORY_SYNC_DB_RETRY_MAX_MS', 'retry.maxTimeoutMs'],
+  ['MEMORY_SYNC_SUMMARY_INTERVAL_MS', 'summaryIntervalMs'],
+] as const;
+
+function read<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {
+  const raw = env[name];
+  // Empty means unset, as `VAR=` in a compose file or Procfile environment.
+  if (raw === undefined || raw === '') return fallback;
+  const result = schema.safeParse(raw);
+  if (!result.success) throw new ConfigError(name, result.error.issues[0]?.message ?? 'invalid');
+  return result.data;
+}
+
+function engineOptions(env: Env, databaseUrl: string): ResolvedOptions {
+  const options: Record<string, unknown> = { databaseUrl };
+  for (const [name, path] of ENGINE_VARIABLES) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    const value =
+      path === 'listener.databaseUrl' ? read(env, name, url, '') : read(env, name, name.endsWith('_MS') ? timerMs(0) : whole, 0);
+    const [head, leaf] = path.split('.') as [string, string | undefined];
+    if (leaf === undefined) options[head] = value;
+    else options[head] = { ...(options[head] as object | undefined), [leaf]: value };
+  }
+  try {
+    return resolveOptions(options as MemorySyncOptions);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    const path = err.variable.replace(/^options\./, '');
+    const name = ENGINE_VARIABLES.find(([, p]) => p === path)?.[0] ?? 'DATABASE_URL';
+    throw new ConfigError(name, err.message.slice(err.variable.length + 2));
+  }
+}
+
+/** Reads the sidecar's configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): SidecarConfig {
+  const databaseUrl = read(env, 'DATABASE_URL', url, '');
+  if (!databaseUrl) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db)');
+  return {
+    databaseUrl,
+    host: read(env, 'MEMORY_SYNC_HOST', z.string(), '127.0.0.1'),
+    port: read(env, 'MEMORY_SYNC_PORT', int(0, 65_535), 7420),
+    logLevel: read(env, 'LOG_LEVEL', z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }), 'info'),
+    logPretty: read(env, 'LOG_PRETTY', bool, env.NODE_ENV === 'development'),
+    migrate: read(env, 'MEMORY_SYNC_MIGRATE', bool, false),
+    logRate: read(env, 'MEMORY_SYNC_LOG_RATE', int(1), 50),
+    shutdownTimeoutMs: read(env, 'MEMORY_SYNC_SHUTDOWN_TIMEOUT_MS', timerMs(1), 10_000),
+    jobs: {
+      historyTtlDays: read(env, 'MEMORY_SYNC_HISTORY_TTL_DAYS', int(0, 36_500), 30),
+      memoryCap: read(env, 'MEMORY_SYNC_MEMORY_CAP', int(0), 1000),
+      batchSize: read(env, 'MEMORY_SYNC_RETENTION_BATCH', int(1, 100_000), 1000),
+      intervalMs: read(env, 'MEMORY_SYNC_JOB_INTERVAL_MS', timerMs(0), 3_600_000),
+      indexGuardIntervalMs: read(env, 'MEMORY_SYNC_INDEX_GUARD_INTERVAL_MS', timerMs(0), 300_000),
+    },
+    engine: engineOptions(env, databaseUrl),
+  };
+}

@@ -1,0 +1,163 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
+import type { SidecarConfig } from '../../config.js';
+import { migrate } from '../../db/migrate.js';
+import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../../paths.js';
+import { EventHub } from '../events.js';
+import type { Scheduler } from '../jobs.js';
+import { startMaintenance } from '../maintenance.js';
+import { SidecarMetrics } from '../metrics.js';
+import { NotificationLog } from '../notification-log.js';
+import { Readiness } from '../readiness.js';
+import { buildServer } from '../server.js';
+
+const POOL_RETRY_MIN_MS = 100;
+const POOL_RETRY_MAX_MS = 5_000;
+
+/**
+ * One sidecar: engine, HTTP server, notification log, metrics and
+ * maintenance jobs. start() returns once HTTP listens; readiness follows
+ * when the pool and LISTEN are up. stop() may be called at any point.
+ */
+export class Sidecar {
+  readonly readiness = new Readiness();
+  private client: MemorySync | undefined;
+  private app: FastifyInstance | undefined;
+  private scheduler: Scheduler | undefined;
+  private notifications: NotificationLog | undefined;
+  private readonly lifetime = new AbortController();
+  private starting: Promise<unknown> = Promise.resolve();
+  private stopping: Promise<void> | undefined;
+  private fatal: (err: Error) => void = () => {};
+  /** Rejects when start-up fails after start() has returned (it never resolves). */
+  readonly failed = new Promise<never>((_, reject) => (this.fatal = reject));
+  private lastReady = false;
+
+  constructor(
+    private readonly config: SidecarConfig,
+    private readonly logger: Logger,
+  ) {
+    this.failed.catch(() => {}); // observed by the caller when it cares
+  }
+
+  /** The HTTP base URL; resolves once the server listens. */
+  async start(): Promise<string> {
+    const step = this.startUp();
+    this.starting = step.catch(() => {});
+    return step;
+  }
+
+  private async startUp(): Promise<string> {
+    const { config, logger } = this;
+    if (config.migrate) {
+      logger.info('applying migrations (MEMORY_SYNC_MIGRATE)');
+      // migrate() serializes concurrent runs on an advisory lock: one instance applies, the others find nothing pending.
+      const { applied } = await migrate({
+        databaseUrl: config.databaseUrl,
+        migrationsDir: DEFAULT_MIGRATIONS_DIR,
+        schemaPath: DEFAULT_SCHEMA_PATH,
+        log: (line) => logger.debug({ component: 'migrate' }, line),
+      });
+      logger.info({ applied }, applied.length ? 'migrations applied' : 'no pending migrations');
+    }
+    if (this.lifetime.signal.aborted) throw new Error('stopped during start-up');
+
+    const client = createMemorySync({ ...config.engine, logger: logger.child({ component: 'engine' }) });
+    this.client = client;
+    const readiness = this.readiness;
+    readiness.attach(client.listener);
+    const metrics = new SidecarMetrics(client);
+    const events = new EventHub();
+    const notifications = new NotificationLog({ logger: logger.child({ component: 'notifications' }), ratePerSecond: config.logRate });
+    this.notifications = notifications;
+
+    client.on('invalidation', (info) => {
+      notifications.record(info);
+      metrics.invalidation(info);
+      events.invalidation(info);
+    });
+    client.on('invalid', () => metrics.invalidNotification());
+    client.on('flush', (reason) => events.send('flush', { reason }));
+    client.on('down', (reason) => {
+      events.send('down', { reason });
+      this.readinessChanged(reason);
+    });
+    client.on('reconnect', () => {
+      metrics.reconnect();
+      events.send('reconnect', {});
+      this.readinessChanged('listener reconnected');
+    });
+
+    const app = buildServer({
+      client,
+      listenerState: () => client.listener.state,
+      readiness,
+      metrics,
+      events,
+      logger: logger.child({ component: 'http' }),
+    });
+    this.app = app;
+    await app.listen({ host: config.host, port: config.port });
+    const address = app.server.address();
+    const port = typeof address === 'object' && address ? address.port : config.port;
+    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    const url = `http://${host}:${port}`;
+    logger.info({ url, port }, 'listening');
+
+    void this.becomeReady(client, metrics).catch((err: Error) => {
+      if (!this.lifetime.signal.aborted) this.fatal(err);
+    });
+    return url;
+  }
+
+  private async becomeReady(client: MemorySync, metrics: SidecarMetrics): Promise<void> {
+    await Promise.all([this.waitForPool(client), client.start()]);
+    if (this.lifetime.signal.aborted) return;
+    this.readiness.poolUp = true;
+    this.readinessChanged('pool and LISTEN connected');
+    this.scheduler = startMaintenance({ pool: client.pool, logger: this.logger.child({ component: 'jobs' }), metrics, config: this.config.jobs });
+  }
+
+  /** The pool must answer once before the sidecar calls itself ready; until then, retry with backoff. */
+  private async waitForPool(client: MemorySync): Promise<void> {
+    for (let attempt = 0; !this.lifetime.signal.aborted; attempt++) {
+      try {
+        await client.pool.query('SELECT 1');
+        return;
+      } catch (err) {
+        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database pool not reachable yet; retrying');
+        const delay = Math.min(POOL_RETRY_MAX_MS, POOL_RETRY_MIN_MS * 2 ** attempt);
+        await sleep(delay, undefined, { signal: this.lifetime.signal }).catch(() => {});
+      }
+    }
+  }
+
+  private readinessChanged(reason: string): void {
+    const report = this.readiness.report();
+    if (report.ready === this.lastReady) return;
+    this.lastReady = report.ready;
+    if (report.ready) this.logger.info({ reason, ...report }, 'ready');
+    else this.logger.warn({ reason, ...report }, 'not ready');
+  }
+
+  /**
+   * Stops accepting requests and finishes those in flight, cancels jobs,
+   * flushes the notification log, then closes LISTEN and the pools.
+   */
+  stop(reason: string): Promise<void> {
+    this.stopping ??= (async () => {
+      this.logger.info({ reason }, 'shutting down');
+      this.readiness.shuttingDown = true;
+      this.readinessChanged(reason);
+      this.lifetime.abort();
+      await this.starting; // a migration in progress finishes; it holds a lock
+      await Promise.all([this.scheduler?.stop(), this.app?.close()]);
+      this.notifications?.flush();
+      await this.client?.close();
+      this.logger.info('stopped');
+    })();
+    return this.stopping;
+  }
+}

@@ -1,0 +1,95 @@
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import type { JobsConfig } from '../config.js';
+import { guardVectorIndex } from './index-guard.js';
+import { JOB_LOCKS, Scheduler, withJobLock, type ScheduledJob } from './jobs.js';
+import type { SidecarMetrics } from './metrics.js';
+import { deleteExpiredHistory, enforceMemoryCap } from './retention.js';
+
+export interface MaintenanceDeps {
+  pool: pg.Pool;
+  logger: Logger;
+  metrics: SidecarMetrics;
+  config: JobsConfig;
+}
+
+/** Wraps a locked job with its log lines and metrics; never throws. */
+function locked(
+  deps: MaintenanceDeps,
+  name: string,
+  key: number,
+  work: (db: pg.PoolClient, signal: AbortSignal) => Promise<{ deleted?: number; fields: Record<string, unknown> }>,
+): (signal: AbortSignal) => Promise<void> {
+  return async (signal) => {
+    const started = performance.now();
+    try {
+      const r = await withJobLock(deps.pool, key, (db) => work(db, signal), signal);
+      if (!r.ran) {
+        deps.metrics.job(name, 'skipped');
+        deps.logger.debug({ job: name }, 'job skipped: another instance holds its lock');
+        return;
+      }
+      deps.metrics.job(name, 'ran', r.value.deleted);
+      deps.logger.info({ job: name, ms: Math.round(performance.now() - started), ...r.value.fields }, 'job done');
+    } catch (err) {
+      // Logged here, not thrown: one failing job must not stop the next one.
+      if (signal.aborted) {
+        deps.logger.info({ job: name }, 'job cancelled by shutdown');
+        return;
+      }
+      deps.metrics.job(name, 'failed');
+      deps.logger.error({ job: name, err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'job failed');
+    }
+  };
+}
+
+/** The maintenance jobs the configuration turns on. */
+export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
+  const { config } = deps;
+  const jobs: ScheduledJob[] = [
+    {
+      name: 'index-guard',
+      intervalMs: config.indexGuardIntervalMs,
+      run: locked(deps, 'index-guard', JOB_LOCKS.indexGuard, async (db) => {
+        const outcome = await guardVectorIndex(db, deps.logger);
+        if (outcome === 'recreated') deps.metrics.indexRebuilt();
+        return { fields: { outcome } };
+      }),
+    },
+  ];
+  // History and the cap run one after the other: one pooled connection at a time.
+  const retention: Array<(signal: AbortSignal) => Promise<void>> = [];
+  if (config.historyTtlDays > 0) {
+    retention.push(
+      locked(deps, 'history-ttl', JOB_LOCKS.history, async (db, signal) => {
+        const r = await deleteExpiredHistory(db, { ttlDays: config.historyTtlDays, batchSize: config.batchSize, signal });
+        return { deleted: r.deleted, fields: { ...r, ttlDays: config.historyTtlDays } };
+      }),
+    );
+  }
+  if (config.memoryCap > 0) {
+    retention.push(
+      locked(deps, 'memory-cap', JOB_LOCKS.memoryCap, async (db, signal) => {
+        const r = await enforceMemoryCap(db, { cap: config.memoryCap, batchSize: config.batchSize, signal });
+        return { deleted: r.deleted, fields: { ...r, cap: config.memoryCap } };
+      }),
+    );
+  }
+  if (retention.length) {
+    jobs.push({
+      name: 'retention',
+      intervalMs: config.intervalMs,
+      run: async (signal) => {
+        for (const run of retention) if (!signal.aborted) await run(signal);
+      },
+    });
+  }
+  return jobs;
+}
+
+/** Starts every job (first run now); stop the returned scheduler on shutdown. */
+export function startMaintenance(deps: MaintenanceDeps): Scheduler {
+  const scheduler = new Scheduler(deps.logger);
+  for (const job of maintenanceJobs(deps)) scheduler.add(job);
+  return scheduler;
+}

@@ -1,0 +1,163 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { InvalidationInfo, MemorySync, MemorySyncStats } from '../client/memory-sync.js';
+import { timedQuery } from './timed-query.js';
+
+const PREFIX = 'memory_sync_';
+
+/** Scrape-time query; a dead pool must not hold the scrape for the pool's 30 s timeout. */
+const QUEUE_QUERY_TIMEOUT_MS = 2_000;
+
+/**
+ * Prometheus metrics for one sidecar. Engine counters are read from
+ * client.stats() at scrape time; per-event series are fed by the lifecycle.
+ */
+export class SidecarMetrics {
+  readonly registry = new Registry();
+  private readonly invalidations: Counter<'table' | 'operation' | 'action'>;
+  private readonly invalid: Counter;
+  private readonly reconnects: Counter;
+  private readonly lag: Histogram;
+  private readonly requests: Histogram<'method' | 'route' | 'status'>;
+  private readonly jobRuns: Counter<'job' | 'outcome'>;
+  private readonly jobRows: Counter<'job'>;
+  private readonly indexRebuilds: Counter;
+
+  constructor(client: MemorySync) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+
+    // Counters that mirror the engine's own monotonic totals.
+    const fromStats = (name: string, help: string, pick: (s: MemorySyncStats) => number) =>
+      new Counter({
+        name: PREFIX + name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(pick(client.stats()));
+        },
+      });
+    fromStats('cache_hits_total', 'Personality lookups answered from the cache.', (s) => s.hits);
+    fromStats('cache_misses_total', 'Personality lookups that read the database.', (s) => s.misses);
+    fromStats('cache_evictions_total', 'Entries evicted for space (personalities and hot sets).', (s) => s.evictions);
+    fromStats('cache_flushes_total', 'Whole-cache flushes (reconnects, TRUNCATE, table-scope events).', (s) => s.flushes);
+
+    this.invalidations = new Counter({
+      name: PREFIX + 'invalidations_total',
+      help: 'Notifications applied, by table, operation and action taken.',
+      labelNames: ['table', 'operation', 'action'],
+      registers,
+    });
+    this.invalid = new Counter({
+      name: PREFIX + 'invalid_notifications_total',
+      help: 'Notifications ignored because their payload broke the contract.',
+      registers,
+    });
+    this.reconnects = new Counter({
+      name: PREFIX + 'listener_reconnects_total',
+      help: 'LISTEN connections re-established after an outage.',
+      registers,
+    });
+    new Gauge({
+      name: PREFIX + 'listener_up',
+      help: '1 while LISTEN is confirmed, else 0 (cached data is not served).',
+      registers,
+      collect() {
+        this.set(client.listener.isUp ? 1 : 0);
+      },
+    });
+    this.lag = new Histogram({
+      name: PREFIX + 'invalidation_lag_seconds',
+      help: 'Time from pg_notify (payload ts) to the notification being applied.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    new Gauge({
+      name: PREFIX + 'hot_set_bytes',
+      help: 'Bytes held by hot memory sets.',
+      registers,
+      collect() {
+        this.set(client.stats().hotSetBytes);
+      },
+    });
+    new Gauge({
+      name: PREFIX + 'hot_set_vectors',
+      help: 'Vectors held by hot memory sets.',
+      registers,
+      collect() {
+        this.set(client.stats().hotVectors);
+      },
+    });
+    new Gauge({
+      name: PREFIX + 'notification_queue_usage',
+      help: 'pg_notification_queue_usage(): fraction of the server NOTIFY queue in use (NaN when the query failed).',
+      registers,
+      async collect() {
+        try {
+          const r = await client.pool.query<{ usage: number }>(timedQuery('SELECT pg_notification_queue_usage() AS usage', [], QUEUE_QUERY_TIMEOUT_MS));
+          this.set(Number(r.rows[0]?.usage ?? Number.NaN));
+        } catch {
+          this.set(Number.NaN);
+        }
+      },
+    });
+    this.requests = new Histogram({
+      name: PREFIX + 'http_request_duration_seconds',
+      help: 'HTTP request duration, by method, route and status.',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    this.jobRuns = new Counter({
+      name: PREFIX + 'job_runs_total',
+      help: 'Maintenance job runs, by job and outcome (ran, skipped: another instance holds the lock, failed).',
+      labelNames: ['job', 'outcome'],
+      registers,
+    });
+    this.jobRows = new Counter({
+      name: PREFIX + 'job_deleted_rows_total',
+      help: 'Rows deleted by retention jobs.',
+      labelNames: ['job'],
+      registers,
+    });
+    this.indexRebuilds = new Counter({
+      name: PREFIX + 'vector_index_rebuilds_total',
+      help: 'Times the index guard recreated idx_memories_embedding.',
+      registers,
+    });
+  }
+
+  invalidation({ event, action, lagMs }: InvalidationInfo): void {
+    this.invalidations.inc({ table: event.table, operation: event.op, action });
+    this.lag.observe(Math.max(0, lagMs) / 1000);
+  }
+
+  invalidNotification(): void {
+    this.invalid.inc();
+  }
+
+  reconnect(): void {
+    this.reconnects.inc();
+  }
+
+  request(method: string, route: string, status: number, seconds: number): void {
+    this.requests.observe({ method, route, status: String(status) }, seconds);
+  }
+
+  job(job: string, outcome: 'ran' | 'skipped' | 'failed', deletedRows = 0): void {
+    this.jobRuns.inc({ job, outcome });
+    if (deletedRows > 0) this.jobRows.inc({ job }, deletedRows);
+  }
+
+  indexRebuilt(): void {
+    this.indexRebuilds.inc();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

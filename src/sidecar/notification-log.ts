@@ -1,0 +1,111 @@
+import type { Logger } from 'pino';
+import type { InvalidationAction, InvalidationInfo } from '../client/memory-sync.js';
+
+export interface NotificationLogOptions {
+  logger: Logger;
+  /** Lines per window before notifications are only counted. */
+  ratePerSecond: number;
+  windowMs?: number;
+  now?: () => number;
+}
+
+interface Aggregate {
+  table: string;
+  op: string;
+  action: InvalidationAction;
+  count: number;
+  ids: number;
+  personalities: number;
+  maxLagMs: number;
+  sumLagMs: number;
+}
+
+/** Personality ids listed on one line; the count is always there. */
+const MAX_LISTED_IDS = 10;
+
+const round = (ms: number) => Math.round(ms * 100) / 100;
+
+/**
+ * One info line per notification, up to `ratePerSecond` per window; past
+ * that, one summary line per (table, op, action) when the window ends. So a
+ * flood costs at most rate + (distinct keys) lines per second.
+ */
+export class NotificationLog {
+  private readonly windowMs: number;
+  private readonly now: () => number;
+  private windowStart = Number.NEGATIVE_INFINITY;
+  private logged = 0;
+  private readonly pending = new Map<string, Aggregate>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: NotificationLogOptions) {
+    this.windowMs = options.windowMs ?? 1000;
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  record({ event, action, lagMs }: InvalidationInfo): void {
+    const t = this.now();
+    if (t - this.windowStart >= this.windowMs) {
+      this.flush();
+      this.windowStart = t;
+      this.logged = 0;
+    }
+    if (this.logged < this.options.ratePerSecond) {
+      this.logged++;
+      this.options.logger.info(
+        {
+          table: event.table,
+          op: event.op,
+          scope: event.scope,
+          ids: event.ids.length,
+          personalities: event.personalityIds.length,
+          personalityIds: event.personalityIds.slice(0, MAX_LISTED_IDS),
+          txid: event.txid,
+          chunk: event.chunk,
+          chunks: event.chunks,
+          lagMs: round(lagMs),
+          action,
+        },
+        'notification',
+      );
+      return;
+    }
+    const key = `${event.table} ${event.op} ${action}`;
+    let agg = this.pending.get(key);
+    if (!agg) {
+      agg = { table: event.table, op: event.op, action, count: 0, ids: 0, personalities: 0, maxLagMs: 0, sumLagMs: 0 };
+      this.pending.set(key, agg);
+    }
+    agg.count++;
+    agg.ids += event.ids.length;
+    agg.personalities += event.personalityIds.length;
+    agg.maxLagMs = Math.max(agg.maxLagMs, lagMs);
+    agg.sumLagMs += lagMs;
+    if (!this.timer) {
+      this.timer = setTimeout(() => this.flush(), Math.max(0, this.windowStart + this.windowMs - t));
+      this.timer.unref();
+    }
+  }
+
+  /** Writes the summaries counted so far. */
+  flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const a of this.pending.values()) {
+      this.options.logger.info(
+        {
+          table: a.table,
+          op: a.op,
+          action: a.action,
+          count: a.count,
+          ids: a.ids,
+          personalities: a.personalities,
+          maxLagMs: round(a.maxLagMs),
+          avgLagMs: round(a.sumLagMs / a.count),
+        },
+        'notifications aggregated',
+      );
+    }
+    this.pending.clear();
+  }
+}
