@@ -1,37 +1,18 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import type { MemorySyncOptions } from '../../src/client/options.js';
 import type { MemorySync, SimilarMemory } from '../../src/client/memory-sync.js';
 import { createMemorySync } from '../../src/client/memory-sync.js';
 import { ValidationError, NotFoundError } from '../../src/errors.js';
-import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
-import { gate, nextInvalidation, startClient } from '../helpers/client.js';
+import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral } from '../helpers/db.js';
+import { gate, nextInvalidation, startClient, useDatabase } from '../helpers/client.js';
 
-let db: TestDb;
-let writer: pg.Client;
-const clients: MemorySync[] = [];
+const t = useDatabase();
+const client = (options?: MemorySyncOptions) => t.client(options);
 const CHANNELS = ['general', 'random', 'dm'];
-
-beforeAll(async () => {
-  db = await createMigratedDatabase();
-  writer = await connect(db.url);
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-});
-afterAll(async () => {
-  await writer?.end();
-  await db?.drop();
-});
-
-async function client(opts: Parameters<typeof startClient>[1] = {}) {
-  const c = await startClient(db.url, opts);
-  clients.push(c);
-  return c;
-}
 
 async function seed(pid: string, vectors: Float32Array[], from = 0): Promise<void> {
   const rows = vectors.map((v, i) => ({ c: CHANNELS[(from + i) % 3], t: `memory ${from + i}`, e: vectorLiteral(v) }));
-  await writer.query(
+  await t.writer.query(
     `INSERT INTO memories ("personalityId", "channelId", content, embedding, metadata, "createdAt")
      SELECT $1, r->>'c', r->>'t', (r->>'e')::vector, jsonb_build_object('n', ord), now() - (ord || ' seconds')::interval
      FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(r, ord)`,
@@ -41,10 +22,10 @@ async function seed(pid: string, vectors: Float32Array[], from = 0): Promise<voi
 
 /** pgvector's exact answer: a sequential scan, no index. */
 async function exact(pid: string, q: Float32Array, limit: number, channelId?: string, minSimilarity?: number) {
-  await writer.query('BEGIN');
+  await t.writer.query('BEGIN');
   try {
-    await writer.query('SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off');
-    const r = await writer.query<{ id: string; similarity: number }>(
+    await t.writer.query('SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off');
+    const r = await t.writer.query<{ id: string; similarity: number }>(
       `SELECT id, 1 - (embedding <=> $1::vector) AS similarity FROM memories
        WHERE "personalityId" = $2 AND ($3::text IS NULL OR "channelId" = $3)
          AND ($5::float8 IS NULL OR 1 - (embedding <=> $1::vector) >= $5)
@@ -53,7 +34,7 @@ async function exact(pid: string, q: Float32Array, limit: number, channelId?: st
     );
     return r.rows;
   } finally {
-    await writer.query('COMMIT');
+    await t.writer.query('COMMIT');
   }
 }
 
@@ -70,7 +51,7 @@ async function warm(c: MemorySync, pid: string, q: Float32Array) {
 
 describe('findSimilarMemories', () => {
   it('hot-path results equal pgvector exact results: same ids, same order, similarity within 1e-6', async () => {
-    const pid = await insertPersonality(writer, 'exact');
+    const pid = await insertPersonality(t.writer, 'exact');
     await seed(pid, seededVectors(11, 1000));
     const c = await client();
     const queries = seededVectors(99, 6);
@@ -134,7 +115,7 @@ describe('findSimilarMemories', () => {
         await plain.end();
       }
       const c = await startClient(ivf.url, { hotSets: { maxVectorsPerSet: 10 } }); // too large to be hot
-      clients.push(c);
+      t.track(c);
       const got = await c.findSimilarMemories({ personalityId: target, embedding: q, limit: 25, channelId: 'general' });
       expect(got).toHaveLength(25);
       expect(c.stats()).toMatchObject({ hotSearches: 0, pgvectorSearches: 1 });
@@ -146,7 +127,7 @@ describe('findSimilarMemories', () => {
   });
 
   it('read-your-writes: a search after storeMemory resolves includes it; after deleteMemory it is gone', async () => {
-    const pid = await insertPersonality(writer, 'ryw');
+    const pid = await insertPersonality(t.writer, 'ryw');
     await seed(pid, seededVectors(21, 200));
     const c = await client();
     const q = seededVectors(22, 1)[0]!;
@@ -167,7 +148,7 @@ describe('findSimilarMemories', () => {
   });
 
   it('syncs, not just evicts: writes from another connection patch the hot set', async () => {
-    const pid = await insertPersonality(writer, 'patch');
+    const pid = await insertPersonality(t.writer, 'patch');
     await seed(pid, seededVectors(31, 300));
     const c = await client();
     const q = seededVectors(32, 1)[0]!;
@@ -175,7 +156,7 @@ describe('findSimilarMemories', () => {
     const loadsBefore = c.hotSets.stats().loadedVectors;
 
     let patched = nextInvalidation(c, (i) => i.event.table === 'memories');
-    const ins = await writer.query<{ id: string }>(
+    const ins = await t.writer.query<{ id: string }>(
       `INSERT INTO memories ("personalityId", "channelId", content, embedding) VALUES ($1, 'dm', 'from elsewhere', $2::vector) RETURNING id`,
       [pid, vectorLiteral(q)],
     );
@@ -186,14 +167,14 @@ describe('findSimilarMemories', () => {
     expectSame(hot, await exact(pid, q, 3));
 
     patched = nextInvalidation(c, (i) => i.event.op === 'UPDATE');
-    await writer.query(`UPDATE memories SET content = 'edited' WHERE id = $1`, [ins.rows[0]!.id]);
+    await t.writer.query(`UPDATE memories SET content = 'edited' WHERE id = $1`, [ins.rows[0]!.id]);
     await patched;
     await c.hotSets.settled(pid);
     hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 1 });
     expect(hot[0]!.content).toBe('edited');
 
     patched = nextInvalidation(c, (i) => i.event.op === 'DELETE');
-    await writer.query(`DELETE FROM memories WHERE id = $1`, [ins.rows[0]!.id]);
+    await t.writer.query(`DELETE FROM memories WHERE id = $1`, [ins.rows[0]!.id]);
     await patched;
     hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 3 });
     expect(hot.map((h) => h.id)).not.toContain(ins.rows[0]!.id);
@@ -203,14 +184,14 @@ describe('findSimilarMemories', () => {
   });
 
   it('a bulk statement drops the affected sets; the next search reloads them', async () => {
-    const pid = await insertPersonality(writer, 'bulk');
+    const pid = await insertPersonality(t.writer, 'bulk');
     await seed(pid, seededVectors(41, 1800));
     const c = await client();
     const q = seededVectors(42, 1)[0]!;
     await warm(c, pid, q);
     const ev = nextInvalidation(c, (i) => i.event.table === 'memories');
     // 1,200 rows: more than one statement's notifications name (1,080).
-    await writer.query(`DELETE FROM memories WHERE "personalityId" = $1 AND "channelId" <> 'dm'`, [pid]);
+    await t.writer.query(`DELETE FROM memories WHERE "personalityId" = $1 AND "channelId" <> 'dm'`, [pid]);
     const info = await ev;
     expect(info.event.scope).toBe('personalities');
     expect(info.action).toBe('evicted');
@@ -220,7 +201,7 @@ describe('findSimilarMemories', () => {
   });
 
   it('a load racing a write: the set is published with the write applied, never the old snapshot', async () => {
-    const pid = await insertPersonality(writer, 'load-race');
+    const pid = await insertPersonality(t.writer, 'load-race');
     await seed(pid, seededVectors(51, 100));
     const hold = gate();
     const read = gate();
@@ -236,7 +217,7 @@ describe('findSimilarMemories', () => {
     await c.findSimilarMemories({ personalityId: pid, embedding: q }); // starts the load
     await read.promise; // the load has its (now old) snapshot
     const ev = nextInvalidation(c, (i) => i.event.table === 'memories');
-    const ins = await writer.query<{ id: string }>(
+    const ins = await t.writer.query<{ id: string }>(
       `INSERT INTO memories ("personalityId", "channelId", content, embedding) VALUES ($1, 'dm', 'raced', $2::vector) RETURNING id`,
       [pid, vectorLiteral(q)],
     );
@@ -252,7 +233,7 @@ describe('findSimilarMemories', () => {
   });
 
   it('a personality under constant writes still gets cached', async () => {
-    const pid = await insertPersonality(writer, 'busy');
+    const pid = await insertPersonality(t.writer, 'busy');
     await seed(pid, seededVectors(61, 500));
     const c = await client();
     const q = seededVectors(62, 1)[0]!;
@@ -282,13 +263,13 @@ describe('findSimilarMemories', () => {
   });
 
   it('does not serve hot sets while the listener is down', async () => {
-    const pid = await insertPersonality(writer, 'down');
+    const pid = await insertPersonality(t.writer, 'down');
     await seed(pid, seededVectors(71, 50));
     const c = await client({ listener: { retryMinMs: 5_000, retryMaxMs: 5_000 } });
     const q = seededVectors(72, 1)[0]!;
     await warm(c, pid, q);
     const down = new Promise((r) => c.once('down', r));
-    await writer.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'memory-sync-listener' AND datname = current_database()`);
+    await t.writer.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'memory-sync-listener' AND datname = current_database()`);
     await down;
     const before = c.stats().hotSearches;
     await c.findSimilarMemories({ personalityId: pid, embedding: q });
@@ -301,7 +282,7 @@ describe('input validation', () => {
   it('rejects bad input with a typed error before any database round trip', async () => {
     // Never started, and pointed at a port nothing listens on: any round trip would fail differently.
     const c = createMemorySync({ databaseUrl: 'postgresql://nobody@127.0.0.1:1/none', summaryIntervalMs: 0 });
-    clients.push(c);
+    t.track(c);
     const pid = '6f9619ff-8b86-4011-b42d-00c04fc964ff';
     const ok = Array.from({ length: 1536 }, (_, i) => Math.cos(i));
     const cases: Array<[() => Promise<unknown>, RegExp]> = [

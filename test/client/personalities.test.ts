@@ -1,36 +1,16 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type pg from 'pg';
-import type { MemorySync } from '../../src/client/memory-sync.js';
-import { connect, createMigratedDatabase, insertPersonality, type TestDb } from '../helpers/db.js';
-import { gate, nextInvalidation, once, startClient } from '../helpers/client.js';
+import { describe, expect, it } from 'vitest';
+import type { MemorySyncOptions } from '../../src/client/options.js';
+import { insertPersonality } from '../helpers/db.js';
+import { gate, nextInvalidation, once, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';
 
-let db: TestDb;
-let writer: pg.Client;
-const clients: MemorySync[] = [];
-
-beforeAll(async () => {
-  db = await createMigratedDatabase();
-  writer = await connect(db.url);
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-});
-afterAll(async () => {
-  await writer?.end();
-  await db?.drop();
-});
-
-async function client(opts: Parameters<typeof startClient>[1] = {}) {
-  const c = await startClient(db.url, opts);
-  clients.push(c);
-  return c;
-}
+const t = useDatabase();
+const client = (options?: MemorySyncOptions) => t.client(options);
 
 describe('getPersonality', () => {
   it('returns the personality with its llmConfig, cached, and fresh after a commit elsewhere', async () => {
-    const id = await insertPersonality(writer, 'fresh');
-    await writer.query(`INSERT INTO llm_configs ("personalityId", model, "updatedAt") VALUES ($1, 'model-a', now())`, [id]);
+    const id = await insertPersonality(t.writer, 'fresh');
+    await t.writer.query(`INSERT INTO llm_configs ("personalityId", model, "updatedAt") VALUES ($1, 'model-a', now())`, [id]);
     const c = await client();
     const first = await c.getPersonality(id);
     expect(first).toMatchObject({ id, name: 'fresh', llmConfig: { model: 'model-a', personalityId: id } });
@@ -41,12 +21,12 @@ describe('getPersonality', () => {
     expect(Object.isFrozen(again?.llmConfig)).toBe(true);
 
     const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities');
-    await writer.query(`UPDATE personalities SET "displayName" = 'Fresh!' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'Fresh!' WHERE id = $1`, [id]);
     expect((await evicted).action).toBe('evicted');
     expect((await c.getPersonality(id))?.displayName).toBe('Fresh!');
 
     const cfg = nextInvalidation(c, (i) => i.event.table === 'llm_configs');
-    await writer.query(`UPDATE llm_configs SET model = 'model-b' WHERE "personalityId" = $1`, [id]);
+    await t.writer.query(`UPDATE llm_configs SET model = 'model-b' WHERE "personalityId" = $1`, [id]);
     const info = await cfg;
     expect(info.action).toBe('evicted');
     expect(info.lagMs).toBeGreaterThanOrEqual(0);
@@ -61,7 +41,7 @@ describe('getPersonality', () => {
     expect(await c.getPersonality(id)).toBeNull();
     expect(c.stats()).toMatchObject({ hits: 1, misses: 1 });
     const inserted = nextInvalidation(c, (i) => i.event.op === 'INSERT');
-    await writer.query(
+    await t.writer.query(
       `INSERT INTO personalities (id, name, "displayName", "systemPrompt", "updatedAt") VALUES ($1, 'late', 'Late', 's', now())`,
       [id],
     );
@@ -70,7 +50,7 @@ describe('getPersonality', () => {
   });
 
   it('concurrent misses on one key cause one database load', async () => {
-    const id = await insertPersonality(writer, 'concurrent');
+    const id = await insertPersonality(t.writer, 'concurrent');
     let loads = 0;
     const c = await client({ hooks: { afterPersonalityRead: () => void loads++ } });
     const results = await Promise.all(Array.from({ length: 50 }, () => c.getPersonality(id)));
@@ -79,7 +59,7 @@ describe('getPersonality', () => {
   });
 
   it('a fill racing an invalidation never stores the old value', async () => {
-    const id = await insertPersonality(writer, 'race');
+    const id = await insertPersonality(t.writer, 'race');
     const hold = gate();
     const readOld = gate();
     let calls = 0;
@@ -96,7 +76,7 @@ describe('getPersonality', () => {
     const pending = c.getPersonality(id);
     await readOld.promise;
     const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities');
-    await writer.query(`UPDATE personalities SET "displayName" = 'new' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'new' WHERE id = $1`, [id]);
     await evicted;
     hold.open();
     expect((await pending)?.displayName).toBe('new');
@@ -107,10 +87,10 @@ describe('getPersonality', () => {
 
   it('TRUNCATE flushes the personality cache', async () => {
     const c = await client();
-    const id = await insertPersonality(writer, 'trunc');
+    const id = await insertPersonality(t.writer, 'trunc');
     await c.getPersonality(id);
     const flushed = once(c, 'flush');
-    await writer.query('TRUNCATE personalities CASCADE');
+    await t.writer.query('TRUNCATE personalities CASCADE');
     expect((await flushed)[0]).toMatch(/TRUNCATE/);
     expect(await c.getPersonality(id)).toBeNull();
   });
@@ -124,21 +104,21 @@ describe('getPersonality', () => {
 
 describe('listener outage', () => {
   it('pg_terminate_backend on the listener: no stale read during the outage, then reconnect and flush', async () => {
-    const id = await insertPersonality(writer, 'outage');
+    const id = await insertPersonality(t.writer, 'outage');
     // The listener goes through a proxy that can keep it from reconnecting.
-    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(db.url).port || 5432)).start();
-    const c = await client({ listener: { databaseUrl: proxy.urlFor(db.url), retryMinMs: 50, retryMaxMs: 100 } });
+    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(t.db.url).port || 5432)).start();
+    const c = await client({ listener: { databaseUrl: proxy.urlFor(t.db.url), retryMinMs: 50, retryMaxMs: 100 } });
     expect((await c.getPersonality(id))?.displayName).toBe('outage');
 
     const down = once(c, 'down');
     proxy.refusing = true;
-    const killed = await writer.query(
+    const killed = await t.writer.query(
       `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = 'memory-sync-listener' AND datname = current_database()`,
     );
     expect(killed.rows).toHaveLength(1);
     await down;
     // This notification is lost to the client: it must not matter.
-    await writer.query(`UPDATE personalities SET "displayName" = 'during' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'during' WHERE id = $1`, [id]);
     expect((await c.getPersonality(id))?.displayName).toBe('during');
     expect((await c.getPersonality(id))?.displayName).toBe('during');
     expect(c.stats().listener).toBe('down');
@@ -152,7 +132,7 @@ describe('listener outage', () => {
     expect((await c.getPersonality(id))?.displayName).toBe('during');
     // And it is in step again.
     const ev = nextInvalidation(c);
-    await writer.query(`UPDATE personalities SET "displayName" = 'after' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'after' WHERE id = $1`, [id]);
     await ev;
     expect((await c.getPersonality(id))?.displayName).toBe('after');
     await c.close();

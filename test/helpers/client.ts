@@ -1,5 +1,8 @@
 import { once } from 'node:events';
+import type pg from 'pg';
 import pino from 'pino';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { connect, createMigratedDatabase, type TestDb } from './db.js';
 import { createMemorySync, type MemorySync } from '../../src/client/memory-sync.js';
 import type { MemorySyncOptions } from '../../src/client/options.js';
 import type { InvalidationInfo } from '../../src/client/memory-sync.js';
@@ -34,4 +37,42 @@ export function gate(): { promise: Promise<void>; open: () => void } {
   let open!: () => void;
   const promise = new Promise<void>((r) => (open = r));
   return { promise, open };
+}
+
+/**
+ * One migrated database per test file, a writer connection beside it, and
+ * clients that are closed after each test.
+ */
+export function useDatabase() {
+  let db: TestDb | undefined;
+  let writer: pg.Client | undefined;
+  const clients: MemorySync[] = [];
+  beforeAll(async () => {
+    db = await createMigratedDatabase();
+    writer = await connect(db.url);
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()));
+  });
+  afterAll(async () => {
+    await writer?.end();
+    await db?.drop();
+  });
+  return {
+    get db(): TestDb {
+      return db!;
+    },
+    get writer(): pg.Client {
+      return writer!;
+    },
+    /** A started client on this database, closed after the test. */
+    async client(options: MemorySyncOptions = {}): Promise<MemorySync> {
+      return this.track(await startClient(db!.url, options));
+    },
+    /** Closes `client` after the test. */
+    track(client: MemorySync): MemorySync {
+      clients.push(client);
+      return client;
+    },
+  };
 }

@@ -1,30 +1,15 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type pg from 'pg';
-import type { MemorySync } from '../../src/client/memory-sync.js';
-import { connect, createMigratedDatabase, insertPersonality, type TestDb } from '../helpers/db.js';
-import { nextInvalidation, once, startClient } from '../helpers/client.js';
+import { describe, expect, it } from 'vitest';
+import type { MemorySyncOptions } from '../../src/client/options.js';
+import { insertPersonality } from '../helpers/db.js';
+import { nextInvalidation, once, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';
 
-let db: TestDb;
-let writer: pg.Client;
-const clients: MemorySync[] = [];
-
-beforeAll(async () => {
-  db = await createMigratedDatabase();
-  writer = await connect(db.url);
-});
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-});
-afterAll(async () => {
-  await writer?.end();
-  await db?.drop();
-});
+const t = useDatabase();
+const client = (options?: MemorySyncOptions) => t.client(options);
 
 describe('listener', () => {
   it('counts and logs bad payloads, never crashes, and keeps applying good ones', async () => {
-    const c = await startClient(db.url);
-    clients.push(c);
+    const c = await client();
     const reasons: string[] = [];
     c.on('invalid', (reason) => reasons.push(reason));
     const big = JSON.stringify({ v: 1, table: 'memories', pad: 'x'.repeat(7900) });
@@ -38,52 +23,50 @@ describe('listener', () => {
       JSON.stringify({ v: 1, table: 'memories', op: 'DELETE', scope: 'rows', ids: ['nope'], personalityIds: ['nope'], txid: '1', ts: 1, chunk: 1, chunks: 1 }),
       big,
     ];
-    for (const p of bad) await writer.query(`SELECT pg_notify('cache_invalidation', $1)`, [p]);
+    for (const p of bad) await t.writer.query(`SELECT pg_notify('cache_invalidation', $1)`, [p]);
     await c.sync();
     expect(c.stats().invalidNotifications).toBe(bad.length);
     expect(reasons.some((r) => r.startsWith('not JSON'))).toBe(true);
     expect(reasons.some((r) => r.startsWith('table'))).toBe(true);
     expect(c.stats().listener).toBe('up');
 
-    const id = await insertPersonality(writer, 'after-bad');
+    const id = await insertPersonality(t.writer, 'after-bad');
     await c.getPersonality(id);
     const ev = nextInvalidation(c);
-    await writer.query(`UPDATE personalities SET "displayName" = 'ok' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'ok' WHERE id = $1`, [id]);
     expect((await ev).action).toBe('evicted');
     expect((await c.getPersonality(id))?.displayName).toBe('ok');
   });
 
   it('sync() resolves after every earlier commit has been applied', async () => {
-    const c = await startClient(db.url);
-    clients.push(c);
-    const id = await insertPersonality(writer, 'sync');
+    const c = await client();
+    const id = await insertPersonality(t.writer, 'sync');
     await c.getPersonality(id);
-    await writer.query(`UPDATE personalities SET "displayName" = 'synced' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'synced' WHERE id = $1`, [id]);
     await c.sync();
     expect(c.stats().invalidations['personalities.UPDATE']).toBe(1);
     expect((await c.getPersonality(id))?.displayName).toBe('synced');
   });
 
   it('detects a half-open connection with its probe, serves from the database meanwhile, then reconnects', async () => {
-    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(db.url).port || 5432)).start();
-    const c = await startClient(db.url, {
-      listener: { databaseUrl: proxy.urlFor(db.url), paranoidIntervalMs: 200, queryTimeoutMs: 300, retryMinMs: 50, retryMaxMs: 100 },
+    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(t.db.url).port || 5432)).start();
+    const c = await client({
+      listener: { databaseUrl: proxy.urlFor(t.db.url), paranoidIntervalMs: 200, queryTimeoutMs: 300, retryMinMs: 50, retryMaxMs: 100 },
     });
-    clients.push(c);
-    const id = await insertPersonality(writer, 'half-open');
+    const id = await insertPersonality(t.writer, 'half-open');
     expect((await c.getPersonality(id))?.displayName).toBe('half-open');
 
     const down = once(c, 'down');
     const reconnected = once(c, 'reconnect');
     expect(proxy.freeze()).toBe(1); // the socket stays open; no bytes pass, no FIN, no RST
     await down;
-    await writer.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
     expect((await c.getPersonality(id))?.displayName).toBe('changed');
 
     await reconnected;
     expect(c.stats()).toMatchObject({ listener: 'up', reconnects: 1 });
     const ev = nextInvalidation(c);
-    await writer.query(`UPDATE personalities SET "displayName" = 'again' WHERE id = $1`, [id]);
+    await t.writer.query(`UPDATE personalities SET "displayName" = 'again' WHERE id = $1`, [id]);
     await ev;
     expect((await c.getPersonality(id))?.displayName).toBe('again');
     await c.close();
@@ -91,14 +74,14 @@ describe('listener', () => {
   });
 
   it('keeps retrying while the database refuses connections at start-up', async () => {
-    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(db.url).port || 5432)).start();
+    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(t.db.url).port || 5432)).start();
     proxy.refusing = true;
     const c = (await import('../../src/client/memory-sync.js')).createMemorySync({
-      databaseUrl: db.url,
-      listener: { databaseUrl: proxy.urlFor(db.url), retryMinMs: 20, retryMaxMs: 50 },
+      databaseUrl: t.db.url,
+      listener: { databaseUrl: proxy.urlFor(t.db.url), retryMinMs: 20, retryMaxMs: 50 },
       summaryIntervalMs: 0,
     });
-    clients.push(c);
+    t.track(c);
     let started = false;
     const starting = c.start().then(() => (started = true));
     await new Promise<void>((resolve) => {
