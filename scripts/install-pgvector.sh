@@ -7,8 +7,9 @@ set -euo pipefail
 PG_MAJOR="${PG_MAJOR:-$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)}"
 PG_MAJOR="${PG_MAJOR:-15}"
 SHAREDIR="$(/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config --sharedir 2>/dev/null || echo /usr/share/postgresql/"$PG_MAJOR")"
+PKGLIBDIR="$(/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config --pkglibdir 2>/dev/null || echo /usr/lib/postgresql/"$PG_MAJOR"/lib)"
 
-if [ -f "$SHAREDIR/extension/vector.control" ]; then
+if [ -f "$SHAREDIR/extension/vector.control" ] && [ -f "$PKGLIBDIR/vector.so" ]; then
   echo "pgvector: already installed ($(grep default_version "$SHAREDIR/extension/vector.control"))"
   exit 0
 fi
@@ -27,7 +28,8 @@ if ! dpkg -s "postgresql-server-dev-$PG_MAJOR" >/dev/null 2>&1; then
 fi
 cd "$WORK/src"
 if ! ls -d pgvector-*/ >/dev/null 2>&1; then
-  apt-get "${APT_OPTS[@]}" source --download-only pgvector
+  # Run by root, apt warns that the download is unsandboxed; harmless here.
+  apt-get "${APT_OPTS[@]}" source --download-only pgvector 2>&1 | grep -v '^W: Download is performed unsandboxed' || true
   dpkg-source -x --skip-patches pgvector_*.dsc >/dev/null 2>&1 || {
     tar xf pgvector_*.orig.tar.*
   }
