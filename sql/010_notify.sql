@@ -126,3 +126,19 @@ CREATE OR REPLACE TRIGGER memory_sync_delete AFTER DELETE ON memories
   REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_sync_notify('personalityId');
 CREATE OR REPLACE TRIGGER memory_sync_truncate AFTER TRUNCATE ON memories
   FOR EACH STATEMENT EXECUTE FUNCTION memory_sync_notify('personalityId');
+
+-- Fire under session_replication_role = replica too (logical-replication
+-- apply workers, restore tools): a write that notifies nobody leaves every
+-- cache stale. ALTER ... ENABLE ALWAYS is idempotent.
+ALTER TABLE personalities ENABLE ALWAYS TRIGGER memory_sync_insert;
+ALTER TABLE personalities ENABLE ALWAYS TRIGGER memory_sync_update;
+ALTER TABLE personalities ENABLE ALWAYS TRIGGER memory_sync_delete;
+ALTER TABLE personalities ENABLE ALWAYS TRIGGER memory_sync_truncate;
+ALTER TABLE llm_configs ENABLE ALWAYS TRIGGER memory_sync_insert;
+ALTER TABLE llm_configs ENABLE ALWAYS TRIGGER memory_sync_update;
+ALTER TABLE llm_configs ENABLE ALWAYS TRIGGER memory_sync_delete;
+ALTER TABLE llm_configs ENABLE ALWAYS TRIGGER memory_sync_truncate;
+ALTER TABLE memories ENABLE ALWAYS TRIGGER memory_sync_insert;
+ALTER TABLE memories ENABLE ALWAYS TRIGGER memory_sync_update;
+ALTER TABLE memories ENABLE ALWAYS TRIGGER memory_sync_delete;
+ALTER TABLE memories ENABLE ALWAYS TRIGGER memory_sync_truncate;

@@ -2,6 +2,15 @@ import { EMBEDDING_DIMENSION } from '../embedding.js';
 import { kernel } from '../search/kernel.js';
 import type { MemoryRow } from '../db/memories.js';
 
+/** Metadata is shared by every search result: frozen so no caller can change the cached copy. */
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 const ROW_OVERHEAD_BYTES = 160; // id, channel, Date, Map entry, view
 
 /**
@@ -20,7 +29,8 @@ export class HotSet {
   ids: string[] = [];
   channelIds: string[] = [];
   contents: string[] = [];
-  createdAts: Date[] = [];
+  /** Epoch ms; searches hand out fresh Date objects. */
+  createdAts: number[] = [];
   metadatas: unknown[] = [];
   private readonly index = new Map<string, number>();
   private textBytes = 0;
@@ -62,8 +72,8 @@ export class HotSet {
     this.ids[r] = row.id;
     this.channelIds[r] = row.channelId;
     this.contents[r] = row.content;
-    this.createdAts[r] = row.createdAt;
-    this.metadatas[r] = row.metadata;
+    this.createdAts[r] = row.createdAt.getTime();
+    this.metadatas[r] = deepFreeze(row.metadata);
     this.textBytes += row.content.length * 2 + row.channelId.length * 2;
     this.version++;
   }

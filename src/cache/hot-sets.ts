@@ -37,6 +37,7 @@ export interface HotSetStats {
 }
 
 const IDS_PER_PATCH = 500;
+const FAILED_LOAD_BACKOFF_MS = 5_000;
 
 /**
  * Hot memory sets, one per personality, bounded by total bytes. Kept in
@@ -49,7 +50,8 @@ export class HotSetCache extends EventEmitter<{
 }> {
   private readonly sets: LRUCache<string, HotSet>;
   private readonly loads = new Map<string, Load>();
-  private readonly tooLarge: LRUCache<string, true>;
+  /** Personalities pgvector serves for now: too large, or their load just failed. */
+  private readonly notHot: LRUCache<string, true>;
   /** memory id -> personalities whose sets must refresh it. */
   private pending = new Map<string, Set<string>>();
   private readonly dirty = new Map<string, number>();
@@ -67,7 +69,7 @@ export class HotSetCache extends EventEmitter<{
         if (reason === 'evict') this.evictions++;
       },
     });
-    this.tooLarge = new LRUCache<string, true>({ max: 100_000, ttl: options.tooLargeTtlMs });
+    this.notHot = new LRUCache<string, true>({ max: 100_000, ttl: options.tooLargeTtlMs });
   }
 
   /**
@@ -78,8 +80,21 @@ export class HotSetCache extends EventEmitter<{
     if (!this.enabled) return undefined;
     const set = this.sets.get(personalityId);
     if (set) return this.dirty.has(personalityId) ? undefined : set;
-    if (!this.loads.has(personalityId) && !this.tooLarge.has(personalityId)) this.startLoad(personalityId);
+    if (!this.loads.has(personalityId) && !this.notHot.has(personalityId)) this.startLoad(personalityId);
     return undefined;
+  }
+
+  /** True while `set` is still the served set of its personality: cached, enabled, not dirty. */
+  isCurrent(set: HotSet): boolean {
+    const pid = set.personalityId;
+    return this.enabled && this.sets.peek(pid) === set && !this.dirty.has(pid);
+  }
+
+  /** Personalities whose cached set holds this memory. */
+  holding(id: string): string[] {
+    const out: string[] = [];
+    for (const [pid, set] of this.sets.entries()) if (set.has(id)) out.push(pid);
+    return out;
   }
 
   /** Resolves once this personality has no load or refresh outstanding (tests, warm-up). */
@@ -139,7 +154,7 @@ export class HotSetCache extends EventEmitter<{
         touched = true;
       }
       touched = this.sets.delete(pid) || touched;
-      this.tooLarge.delete(pid);
+      this.notHot.delete(pid);
     }
     if (touched) this.emit('progress');
     return touched;
@@ -150,7 +165,7 @@ export class HotSetCache extends EventEmitter<{
     this.loads.clear();
     this.sets.clear();
     this.emit('progress');
-    this.tooLarge.clear();
+    this.notHot.clear();
     // In-flight refreshes still decrement their own counts; queued ones go.
     for (const [, pids] of this.pending) for (const pid of pids) this.undirty(pid);
     this.pending.clear();
@@ -226,7 +241,7 @@ export class HotSetCache extends EventEmitter<{
         for (const set of touched) {
           if (set.count > this.options.maxVectorsPerSet) {
             this.sets.delete(set.personalityId);
-            this.tooLarge.set(set.personalityId, true);
+            this.notHot.set(set.personalityId, true);
           } else {
             this.sets.set(set.personalityId, set, { noUpdateTTL: true }); // re-measure bytes
           }
@@ -247,6 +262,8 @@ export class HotSetCache extends EventEmitter<{
     this.loads.set(pid, load);
     this.load(pid, load)
       .catch((err) => {
+        // Back off: pgvector serves this personality until the verdict expires.
+        this.notHot.set(pid, true, { ttl: FAILED_LOAD_BACKOFF_MS });
         this.options.logger.warn({ personalityId: pid, err: { message: (err as Error).message } }, 'hot-set load failed');
       })
       .finally(() => {
@@ -288,13 +305,18 @@ export class HotSetCache extends EventEmitter<{
     );
     if (load.abort.signal.aborted) return;
     if (tooLarge) {
-      this.tooLarge.set(pid, true);
+      this.notHot.set(pid, true);
       return;
     }
     await this.options.beforePublish?.(pid);
     if (load.abort.signal.aborted || !this.enabled) return;
     this.loads.delete(pid);
     this.sets.set(pid, set);
+    if (!this.sets.has(pid)) {
+      // Larger than the whole byte budget: lru-cache refused it. Don't reload on every search.
+      this.notHot.set(pid, true);
+      return;
+    }
     this.loadedVectors += set.count;
     for (const id of load.changed) this.enqueue(id, pid);
     this.emit('loaded', pid, set.count, performance.now() - started);

@@ -129,10 +129,13 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     });
 
     this.listener.on('event', (event, receivedAt) => this.apply(event, receivedAt));
-    this.listener.on('invalid', (reason, sample, bytes) => {
+    this.listener.on('invalid', (reason, sample, bytes, structured) => {
       this.counters.invalid++;
       this.warnings.warn('invalid', { reason, bytes, sample }, 'invalid notification ignored');
       this.emit('invalid', reason, sample);
+      // A JSON object we cannot read may be a real change in a newer contract
+      // (or a renamed table): we cannot tell what it invalidates, so drop everything.
+      if (structured) this.flush('unreadable notification');
     });
     this.listener.on('down', (reason) => {
       // Notifications sent from now on are lost to us: stop serving cached data.
@@ -209,7 +212,11 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     if (set) {
       const unit = new Float32Array(EMBEDDING_DIMENSION);
       normalizeInto(q.embedding, unit);
-      const hits = await searchHotSet(set, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
+      const hits = await searchHotSet(
+        set,
+        { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity },
+        () => this.hotSets.isCurrent(set),
+      );
       if (hits) {
         this.counters.hotSearches++;
         return hits;
@@ -237,10 +244,16 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
 
   async deleteMemory(rawId: string): Promise<boolean> {
     const id = assertUuid(rawId, 'id');
-    const personalityId = await withRetry(() => deleteMemoryById(this.pool, id), this.retry);
-    if (personalityId === null) return false;
-    this.hotSets.removeRows([id], [personalityId]);
-    return true;
+    // Known before the delete: if a first attempt commits but its reply is
+    // lost, the retry finds nothing, yet the cached copy must still go.
+    const holding = this.hotSets.holding(id);
+    try {
+      const personalityId = await withRetry(() => deleteMemoryById(this.pool, id), this.retry);
+      if (personalityId !== null && !holding.includes(personalityId)) holding.push(personalityId);
+      return personalityId !== null;
+    } finally {
+      if (holding.length) this.hotSets.removeRows([id], holding);
+    }
   }
 
   stats(): MemorySyncStats {

@@ -129,6 +129,11 @@ export async function streamPersonalityMemories(
   signal?: AbortSignal,
 ): Promise<number> {
   const client = await pool.connect();
+  // pg-pool stops listening for errors while a client is checked out; a
+  // socket dropped mid-COPY would otherwise be an unhandled 'error' (a crash).
+  let lost: Error | undefined;
+  const onError = (err: Error) => (lost = err);
+  client.on('error', onError);
   let broken = false;
   try {
     const stream = client.query(
@@ -176,9 +181,14 @@ export async function streamPersonalityMemories(
         await yieldToLoop();
       }
     }
+    if (lost) throw lost;
     return rows;
+  } catch (err) {
+    broken = true;
+    throw lost ?? err;
   } finally {
-    // A COPY cut short leaves the connection mid-protocol: discard it.
+    client.off('error', onError);
+    // A COPY cut short (or failed) leaves the connection mid-protocol: discard it.
     client.release(broken);
   }
 }

@@ -28,7 +28,8 @@ export interface ListenerOptions {
 
 export interface ListenerEvents {
   event: [event: InvalidationEvent, receivedAt: number];
-  invalid: [reason: string, sample: string, bytes: number];
+  /** `structured`: the payload was a JSON object, only not one we can read. */
+  invalid: [reason: string, sample: string, bytes: number, structured: boolean];
   /** LISTEN is confirmed. `reconnected` is true after an outage: notifications in the gap are lost. */
   up: [reconnected: boolean];
   down: [reason: string];
@@ -246,12 +247,12 @@ export class Listener extends EventEmitter<ListenerEvents> {
         return;
       }
       if (typeof raw !== 'string') {
-        this.emit('invalid', 'empty payload', '', 0);
+        this.emit('invalid', 'empty payload', '', 0, false);
         return;
       }
       const parsed = parsePayload(raw);
       if (parsed.ok) this.emit('event', parsed.event, receivedAt);
-      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes);
+      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes, parsed.structured);
     } catch (err) {
       // A throwing handler must not unwind into pg's socket parser.
       this.options.logger.error({ err }, 'notification handler failed');

@@ -28,7 +28,7 @@ export type InvalidationEvent = z.infer<typeof invalidationSchema>;
 
 export type ParsedPayload =
   | { ok: true; event: InvalidationEvent; bytes: number }
-  | { ok: false; reason: string; bytes: number; sample: string };
+  | { ok: false; reason: string; bytes: number; sample: string; structured: boolean };
 
 /** Never throws: a bad payload is a value to count and log, not a crash. */
 export function parsePayload(raw: string): ParsedPayload {
@@ -38,13 +38,14 @@ export function parsePayload(raw: string): ParsedPayload {
   try {
     json = JSON.parse(raw);
   } catch (err) {
-    return { ok: false, reason: `not JSON: ${(err as Error).message}`, bytes, sample };
+    return { ok: false, reason: `not JSON: ${(err as Error).message}`, bytes, sample, structured: false };
   }
   const result = invalidationSchema.safeParse(json);
   if (!result.success) {
     const issue = result.error.issues[0];
     const where = issue?.path.length ? issue.path.join('.') : 'payload';
-    return { ok: false, reason: `${where}: ${issue?.message ?? 'invalid'}`, bytes, sample };
+    const structured = typeof json === 'object' && json !== null && !Array.isArray(json);
+    return { ok: false, reason: `${where}: ${issue?.message ?? 'invalid'}`, bytes, sample, structured };
   }
   return { ok: true, event: result.data, bytes };
 }

@@ -19,7 +19,12 @@ export const ROWS_PER_SLICE = 4096;
  * slices; returns null if the set changed meanwhile, so the caller can use
  * pgvector instead of a torn result.
  */
-export async function searchHotSet(set: HotSet, q: HotQuery): Promise<SimilarMemory[] | null> {
+export async function searchHotSet(
+  set: HotSet,
+  q: HotQuery,
+  /** Re-checked after every yield: false once the set may lag a commit (dirty, dropped, listener down). */
+  stillCurrent: () => boolean = () => true,
+): Promise<SimilarMemory[] | null> {
   const { dot } = kernel();
   const k = q.limit;
   const min = q.minSimilarity ?? -Infinity;
@@ -31,7 +36,7 @@ export async function searchHotSet(set: HotSet, q: HotQuery): Promise<SimilarMem
   for (let start = 0; start < set.count; start += ROWS_PER_SLICE) {
     if (start > 0) {
       await new Promise<void>((resolve) => setImmediate(resolve));
-      if (set.version !== version) return null;
+      if (set.version !== version || !stillCurrent()) return null;
     }
     const end = Math.min(set.count, start + ROWS_PER_SLICE);
     for (let r = start; r < end; r++) {
@@ -55,7 +60,7 @@ export async function searchHotSet(set: HotSet, q: HotQuery): Promise<SimilarMem
     content: set.contents[r]!,
     channelId: channelIds[r]!,
     similarity: Math.min(1, Math.max(-1, scores[i]!)), // pgvector clamps the same way
-    createdAt: set.createdAts[r]!,
-    metadata: set.metadatas[r],
+    createdAt: new Date(set.createdAts[r]!), // a copy: the caller may mutate it
+    metadata: set.metadatas[r], // deep-frozen by HotSet.upsert
   }));
 }

@@ -24,6 +24,10 @@ export async function withJobLock<T>(
   signal?: AbortSignal,
 ): Promise<Locked<T>> {
   const db = await pool.connect();
+  // While checked out, pg-pool does not handle the client's 'error' event: a
+  // dropped connection during a job must not crash the process.
+  const onError = (err: Error) => (destroy = err);
+  db.on('error', onError);
   // A client whose unlock failed still holds the lock: destroy it, and its
   // session (with the lock) ends, instead of returning it to the pool.
   let destroy: Error | undefined;
@@ -50,6 +54,7 @@ export async function withJobLock<T>(
       });
     }
   } finally {
+    db.off('error', onError);
     db.release(destroy);
   }
 }

@@ -5,6 +5,9 @@ import { createMemorySync } from '../../src/client/memory-sync.js';
 import { ValidationError, NotFoundError } from '../../src/errors.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral } from '../helpers/db.js';
 import { gate, nextInvalidation, startClient, useDatabase } from '../helpers/client.js';
+import { FreezableProxy } from '../helpers/proxy.js';
+import { streamPersonalityMemories } from '../../src/db/memories.js';
+import pg from 'pg';
 
 const t = useDatabase();
 const client = (options?: MemorySyncOptions) => t.client(options);
@@ -275,6 +278,58 @@ describe('findSimilarMemories', () => {
     await c.findSimilarMemories({ personalityId: pid, embedding: q });
     expect(c.stats().hotSearches).toBe(before);
     expect(c.stats().hotSets).toBe(0);
+  });
+});
+
+describe('hot-set robustness', () => {
+  it('a connection reset in the middle of a COPY load is an error, not a crash', async () => {
+    const pid = await insertPersonality(t.writer, 'copy-reset');
+    await seed(pid, seededVectors(81, 300));
+    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(t.db.url).port || 5432)).start();
+    const pool = new pg.Pool({ connectionString: proxy.urlFor(t.db.url), max: 1 });
+    pool.on('error', () => {});
+    try {
+      let rows = 0;
+      const err = await streamPersonalityMemories(pool, pid, 1000, () => {
+        if (++rows === 1) proxy.resetAll(); // mid-stream: later chunks never arrive
+        return true;
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(rows).toBeLessThan(300);
+      // The broken connection was discarded: the pool works again.
+      expect((await pool.query('SELECT 1 AS ok')).rows[0].ok).toBe(1);
+    } finally {
+      await pool.end();
+      await proxy.close();
+    }
+  });
+
+  it('a set larger than the whole byte budget is loaded once, not on every search', async () => {
+    const pid = await insertPersonality(t.writer, 'over-budget');
+    await seed(pid, seededVectors(82, 200)); // ~1.3 MB as a hot set
+    let publishes = 0;
+    const c = await client({ hotSets: { maxBytes: 512 * 1024 }, hooks: { beforeHotSetPublish: () => void publishes++ } });
+    const q = seededVectors(83, 1)[0]!;
+    for (let i = 0; i < 4; i++) {
+      expect(await c.findSimilarMemories({ personalityId: pid, embedding: q })).toHaveLength(5);
+      await c.hotSets.settled(pid);
+    }
+    expect(publishes).toBe(1);
+    expect(c.stats()).toMatchObject({ hotSets: 0, hotSearches: 0, pgvectorSearches: 4 });
+  });
+
+  it('a hot set is not current while a refresh is outstanding', async () => {
+    const pid = await insertPersonality(t.writer, 'current');
+    await seed(pid, seededVectors(84, 20));
+    const c = await client();
+    const q = seededVectors(85, 1)[0]!;
+    await warm(c, pid, q);
+    const set = c.hotSets.get(pid)!;
+    expect(c.hotSets.isCurrent(set)).toBe(true);
+    c.hotSets.refreshRows([set.ids[0]!], [pid]);
+    expect(c.hotSets.isCurrent(set)).toBe(false);
+    await c.hotSets.settled(pid);
+    expect(c.hotSets.isCurrent(set)).toBe(true);
   });
 });
 

@@ -59,6 +59,16 @@ export class FreezableProxy {
     return this.pairs.size;
   }
 
+  /** Connections open now are reset (RST), as by a failover or a network blip. */
+  resetAll(): number {
+    const n = this.pairs.size;
+    for (const p of this.pairs) {
+      p.client.resetAndDestroy();
+      p.upstream.destroy();
+    }
+    return n;
+  }
+
   async close(): Promise<void> {
     for (const p of this.pairs) {
       p.client.destroy();

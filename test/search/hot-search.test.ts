@@ -71,6 +71,30 @@ describe('hot-set search', () => {
     expect(got!.map((g) => g.id)).not.toContain(victim);
   });
 
+  it('gives up (null) when the set stops being current during a yield (dirty, dropped, listener down)', async () => {
+    const set = build(ROWS_PER_SLICE + 10);
+    const q = unit(seededVectors(9, 1)[0]!);
+    let current = true;
+    const pending = searchHotSet(set, { query: q, limit: 3 }, () => current);
+    current = false; // e.g. an UPDATE event queued a refresh: the set may lag that commit
+    expect(await pending).toBeNull();
+    expect(await searchHotSet(set, { query: q, limit: 3 }, () => true)).toHaveLength(3);
+  });
+
+  it('hands out copies of dates and frozen metadata, so callers cannot change the cache', async () => {
+    const set = new HotSet('p');
+    set.upsert({ id: 'a', personalityId: 'p', channelId: 'c', content: 'x', createdAt: new Date(5), metadata: { k: { n: 1 } }, embedding: seededVectors(1, 1)[0]! });
+    const q = unit(seededVectors(1, 1)[0]!);
+    const [first] = (await searchHotSet(set, { query: q, limit: 1 }))!;
+    first!.createdAt.setTime(99);
+    expect(() => {
+      (first!.metadata as { k: { n: number } }).k.n = 2;
+    }).toThrow(TypeError);
+    const [again] = (await searchHotSet(set, { query: q, limit: 1 }))!;
+    expect(again!.createdAt.getTime()).toBe(5);
+    expect(again!.metadata).toEqual({ k: { n: 1 } });
+  });
+
   it('yields between slices on a large set, and gives up (null) if the set changes meanwhile', async () => {
     const set = build(ROWS_PER_SLICE + 10);
     const q = unit(seededVectors(9, 1)[0]!);

@@ -37,6 +37,7 @@ describe('sql/ is the one source of truth', () => {
     const cat = await catalog(c);
     expect(cat.functions.map((f) => f.proname)).toContain('memory_sync_notify');
     expect(cat.triggers).toHaveLength(12);
+    expect(cat.triggers.every((t) => t.tgenabled === 'A')).toBe(true); // fire under replication role too
     for (const t of ['personalities', 'llm_configs', 'memories']) {
       expect(cat.triggers.filter((r) => r.tbl === t).map((r) => r.tgname).sort()).toEqual([
         'memory_sync_delete',

@@ -127,6 +127,18 @@ describe('notify triggers', () => {
     expect(await events()).toEqual([]);
   });
 
+  it('still notifies under session_replication_role = replica (logical-replication apply)', async () => {
+    const pid = await insertPersonality(writer, 'p-replica');
+    await events();
+    await writer.query('SET session_replication_role = replica');
+    try {
+      await writer.query(`UPDATE personalities SET "displayName" = 'replicated' WHERE id = $1`, [pid]);
+    } finally {
+      await writer.query('RESET session_replication_role');
+    }
+    expect(await events()).toMatchObject([{ table: 'personalities', op: 'UPDATE', ids: [pid] }]);
+  });
+
   it('TRUNCATE sends a table-scope event per table', async () => {
     const pid = await insertPersonality(writer, 'p-trunc');
     await memory(pid);
