@@ -1,4 +1,7 @@
+import { EventEmitter } from 'node:events';
 import { Pool } from 'undici';
+import { PersonalityCache } from '../cache/personalities.js';
+import { EventStream } from './event-stream.js';
 import { assertUuid } from '../embedding.js';
 import {
   DatabaseUnavailableError,
@@ -21,6 +24,12 @@ export interface SidecarClientOptions {
   connections?: number;
   /** An idle socket is closed after this long (the server's Keep-Alive hint wins when shorter). */
   keepAliveTimeoutMs?: number;
+  /**
+   * Keep personalities in this process too, kept in step by the sidecar's
+   * /v1/events stream: a hit costs no HTTP round trip. Served only while the
+   * stream is open and the sidecar's listener is up; flushed on any gap.
+   */
+  localCache?: { max?: number; ttlMs?: number; negativeTtlMs?: number };
 }
 
 const JSON_HEADERS = { 'content-type': 'application/json', accept: 'application/json' };
@@ -80,6 +89,7 @@ export class SidecarClient implements MemoryClient {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly timeoutMs: number;
+  private readonly local: LocalCache | undefined;
 
   constructor(options: SidecarClientOptions) {
     const url = new URL(options.url);
@@ -92,9 +102,29 @@ export class SidecarClient implements MemoryClient {
       bodyTimeout: this.timeoutMs,
       connect: { timeout: options.connectTimeoutMs ?? 2_000 },
     });
+    if (options.localCache) {
+      const stream = new EventStream(this.pool, this.basePath + PATHS.events);
+      this.local = new LocalCache(stream, options.localCache, (id) => this.fetchPersonality(id));
+      stream.start();
+    }
   }
 
-  async getPersonality(id: string): Promise<PersonalityWithConfig | null> {
+  /** The local cache, when enabled: `serving`, stats and events. */
+  get localCache(): LocalCache | undefined {
+    return this.local;
+  }
+
+  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
+    const hit = this.local?.serving ? this.local.cache.peek(id) : undefined;
+    return hit === undefined ? this.getPersonalitySlow(id) : Promise.resolve(hit);
+  }
+
+  private async getPersonalitySlow(id: string): Promise<PersonalityWithConfig | null> {
+    const key = assertUuid(id, 'id');
+    return this.local?.serving ? this.local.cache.get(key) : this.fetchPersonality(key);
+  }
+
+  private async fetchPersonality(id: string): Promise<PersonalityWithConfig | null> {
     const r = await this.call('GET', PATHS.personality + assertUuid(id, 'id'));
     if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return null;
     return revivePersonality(this.expect(r, 200));
@@ -121,6 +151,7 @@ export class SidecarClient implements MemoryClient {
 
   /** Closes the keep-alive sockets once requests in flight are done. */
   async close(): Promise<void> {
+    await this.local?.close();
     await this.pool.close();
   }
 
@@ -159,6 +190,77 @@ export class SidecarClient implements MemoryClient {
       body = { error: text.slice(0, 200) };
     }
     return { status: res.statusCode, body };
+  }
+}
+
+/**
+ * Personalities cached in the bot's own process, evicted by the sidecar's
+ * invalidation stream with the engine's rules. Serves only while the stream
+ * is connected and the sidecar's listener is up; any gap flushes it.
+ */
+export class LocalCache extends EventEmitter<{ invalidation: [event: Record<string, unknown>]; serving: [boolean] }> {
+  readonly cache: PersonalityCache<PersonalityWithConfig>;
+  private _serving = false;
+
+  constructor(
+    private readonly stream: EventStream,
+    options: NonNullable<SidecarClientOptions['localCache']>,
+    load: (id: string) => Promise<PersonalityWithConfig | null>,
+  ) {
+    super();
+    this.cache = new PersonalityCache<PersonalityWithConfig>({
+      max: options.max ?? 1_000,
+      ttlMs: options.ttlMs ?? 300_000,
+      negativeTtlMs: options.negativeTtlMs ?? 5_000,
+      load: async (id) => {
+        const p = await load(id);
+        return p && Object.freeze(p);
+      },
+    });
+    stream.on('disconnected', () => this.setServing(false));
+    stream.on('event', ({ event, data }) => this.apply(event, data as Record<string, unknown>));
+  }
+
+  get serving(): boolean {
+    return this._serving;
+  }
+
+  close(): Promise<void> {
+    this.setServing(false);
+    return this.stream.close();
+  }
+
+  private setServing(serving: boolean): void {
+    // Flush on every edge: going down, events may be lost; coming up, they were.
+    this.cache.clear();
+    if (this._serving === serving) return;
+    this._serving = serving;
+    this.emit('serving', serving);
+  }
+
+  private apply(event: string, data: Record<string, unknown>): void {
+    switch (event) {
+      case 'state': // first event of every stream
+        this.setServing(data.listener === 'up');
+        return;
+      case 'down':
+        this.setServing(false);
+        return;
+      case 'reconnect':
+        this.setServing(true);
+        return;
+      case 'flush':
+        this.cache.clear();
+        return;
+      case 'invalidation': {
+        if (data.table === 'personalities' || data.table === 'llm_configs') {
+          if (data.scope === 'table') this.cache.clear();
+          else this.cache.delete(Array.isArray(data.personalityIds) ? (data.personalityIds as string[]) : []);
+        }
+        this.emit('invalidation', data);
+        return;
+      }
+    }
   }
 }
 

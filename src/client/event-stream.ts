@@ -1,0 +1,95 @@
+import { EventEmitter } from 'node:events';
+import type { Pool } from 'undici';
+
+export interface StreamEvent {
+  event: string;
+  data: unknown;
+}
+
+/**
+ * Follows a sidecar's /v1/events (server-sent events) for as long as it is
+ * open, reconnecting with backoff. `connected`/`disconnected` bracket each
+ * stream: events sent while it was down are lost, so a consumer flushes.
+ */
+export class EventStream extends EventEmitter<{
+  event: [StreamEvent];
+  connected: [];
+  disconnected: [error: Error | undefined];
+}> {
+  private readonly stop = new AbortController();
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly path: string,
+    /** Longer than the sidecar's 15 s heartbeat: a silent stream is a dead one. */
+    private readonly idleTimeoutMs = 45_000,
+  ) {
+    super();
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  async close(): Promise<void> {
+    this.stop.abort();
+    await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    for (let attempt = 0; !this.stop.signal.aborted; attempt++) {
+      let error: Error | undefined;
+      try {
+        const res = await this.pool.request({
+          method: 'GET',
+          path: this.path,
+          headers: { accept: 'text/event-stream' },
+          signal: this.stop.signal,
+          bodyTimeout: this.idleTimeoutMs,
+        });
+        if (res.statusCode !== 200) {
+          await res.body.dump();
+          throw new Error(`event stream answered HTTP ${res.statusCode}`);
+        }
+        attempt = 0;
+        this.emit('connected');
+        let buffer = '';
+        for await (const chunk of res.body) {
+          buffer += (chunk as Buffer).toString('utf8');
+          for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+            const frame = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            this.dispatch(frame);
+          }
+        }
+        error = new Error('event stream ended');
+      } catch (err) {
+        error = err as Error;
+      }
+      this.emit('disconnected', error);
+      if (this.stop.signal.aborted) return;
+      const delay = Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        this.stop.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+      });
+    }
+  }
+
+  private dispatch(frame: string): void {
+    let event = 'message';
+    let data = '';
+    for (const line of frame.split('\n')) {
+      if (line.startsWith('event:')) event = line.slice(6).trim();
+      else if (line.startsWith('data:')) data += line.slice(5).trim();
+    }
+    if (!data) return; // a comment (heartbeat) or retry hint
+    try {
+      this.emit('event', { event, data: JSON.parse(data) });
+    } catch {
+      // Not JSON: not from a sidecar we understand. Treat the stream as broken.
+      this.emit('event', { event: 'flush', data: { reason: 'unreadable event' } });
+    }
+  }
+}
