@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './client/options.js';
 import { ConfigError } from './errors.js';
@@ -38,7 +39,21 @@ export interface SidecarConfig {
 }
 
 const POSTGRES_URL = /^postgres(ql)?:\/\//;
-const url = z.string().regex(POSTGRES_URL, 'must start with postgres:// or postgresql://');
+const url = z
+  .string()
+  .regex(POSTGRES_URL, 'must start with postgres:// or postgresql://')
+  .refine((s) => {
+    try {
+      return new URL(s).hostname !== '' || /[?&]host=/.test(s);
+    } catch {
+      return false;
+    }
+  }, 'is not a valid URL (check the host and a port from 1 to 65535)');
+// An IP address or a DNS name: a typo fails here, naming the variable, not at listen().
+const host = z
+  .string()
+  .refine((s) => isIP(s) !== 0 || /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/.test(s), 'must be an IP address or a host name')
+  .refine((s) => !/^\d+(\.\d+){3}$/.test(s) || isIP(s) !== 0, 'is not a valid IPv4 address');
 // Strict: "12abc", "1.5", "-1" and "1e3" are errors, not 12, 1, -1 or 1000.
 const whole = z
   .string()
@@ -117,7 +132,7 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
   if (!databaseUrl) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db)');
   return {
     databaseUrl,
-    host: read(env, 'MEMORY_SYNC_HOST', z.string(), '127.0.0.1'),
+    host: read(env, 'MEMORY_SYNC_HOST', host, '127.0.0.1'),
     port: read(env, 'MEMORY_SYNC_PORT', int(0, 65_535), 7420),
     logLevel: read(env, 'LOG_LEVEL', z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }), 'info'),
     logPretty: read(env, 'LOG_PRETTY', bool, env.NODE_ENV === 'development'),

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { Pool } from 'undici';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Dispatcher } from 'undici';
 
 export interface StreamEvent {
   event: string;
@@ -20,7 +21,8 @@ export class EventStream extends EventEmitter<{
   private running: Promise<void> | undefined;
 
   constructor(
-    private readonly pool: Pool,
+    /** A connection of its own: the stream holds it for as long as it is open. */
+    private readonly dispatcher: Dispatcher,
     private readonly path: string,
     /** Longer than the sidecar's 15 s heartbeat: a silent stream is a dead one. */
     private readonly idleTimeoutMs = 45_000,
@@ -35,13 +37,14 @@ export class EventStream extends EventEmitter<{
   async close(): Promise<void> {
     this.stop.abort();
     await this.running;
+    await this.dispatcher.close().catch(() => {});
   }
 
   private async loop(): Promise<void> {
     for (let attempt = 0; !this.stop.signal.aborted; attempt++) {
       let error: Error | undefined;
       try {
-        const res = await this.pool.request({
+        const res = await this.dispatcher.request({
           method: 'GET',
           path: this.path,
           headers: { accept: 'text/event-stream' },
@@ -70,10 +73,7 @@ export class EventStream extends EventEmitter<{
       this.emit('disconnected', error);
       if (this.stop.signal.aborted) return;
       const delay = Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay);
-        this.stop.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
-      });
+      await sleep(delay, undefined, { signal: this.stop.signal }).catch(() => {});
     }
   }
 

@@ -55,6 +55,8 @@ export interface MemorySyncEvents {
   reconnect: [];
   flush: [reason: string];
   down: [reason: string];
+  /** LISTEN confirmed (first time and after every reconnect): caches are in use. */
+  up: [];
 }
 
 /** The lookup and write surface shared by the in-process and the sidecar client. */
@@ -84,6 +86,8 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     invalidations: {} as Record<string, number>,
   };
   private summaryTimer: NodeJS.Timeout | undefined;
+  /** Aborted by stopRetrying()/close(): calls in flight stop waiting for the database. */
+  private readonly lifetime = new AbortController();
   private readonly warnings: LogLimiter;
   private closed = false;
 
@@ -95,6 +99,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     const o = this.options;
     this.retry = {
       ...o.retry,
+      signal: this.lifetime.signal,
       onRetry: (err, attempt) =>
         this.warnings.warn('retry', { attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
     };
@@ -152,6 +157,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         this.emit('reconnect');
       }
       this.hotSets.setEnabled(true);
+      this.emit('up');
     });
   }
 
@@ -164,10 +170,19 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     }
   }
 
+  /**
+   * Calls waiting out a database outage fail now (DatabaseUnavailableError)
+   * instead of retrying: the first step of a graceful shutdown.
+   */
+  stopRetrying(): void {
+    this.lifetime.abort();
+  }
+
   /** Releases every connection. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.lifetime.abort();
     clearInterval(this.summaryTimer);
     this.hotSets.setEnabled(false);
     this.personalities.clear();

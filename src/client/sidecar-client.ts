@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { Pool } from 'undici';
+import { Client, Pool } from 'undici';
 import { PersonalityCache } from '../cache/personalities.js';
 import { EventStream } from './event-stream.js';
 import { assertUuid } from '../embedding.js';
@@ -89,12 +89,14 @@ export class SidecarClient implements MemoryClient {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly timeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly local: LocalCache | undefined;
 
   constructor(options: SidecarClientOptions) {
     const url = new URL(options.url);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 5_000;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 2_000;
     this.pool = new Pool(url.origin, {
       connections: options.connections ?? 16,
       keepAliveTimeout: options.keepAliveTimeoutMs ?? 30_000,
@@ -103,7 +105,7 @@ export class SidecarClient implements MemoryClient {
       connect: { timeout: options.connectTimeoutMs ?? 2_000 },
     });
     if (options.localCache) {
-      const stream = new EventStream(this.pool, this.basePath + PATHS.events);
+      const stream = new EventStream(new Client(url.origin, { connect: { timeout: options.connectTimeoutMs ?? 2_000 } }), this.basePath + PATHS.events);
       this.local = new LocalCache(stream, options.localCache, (id) => this.fetchPersonality(id));
       stream.start();
     }
@@ -166,6 +168,8 @@ export class SidecarClient implements MemoryClient {
       res = await this.pool.request({
         method,
         path: this.basePath + path,
+        // headersTimeout starts when the request is sent; this also bounds the wait for a socket.
+        signal: AbortSignal.timeout(this.timeoutMs + this.connectTimeoutMs),
         headers: payload === undefined ? { accept: 'application/json' } : JSON_HEADERS,
         body: payload === undefined ? undefined : JSON.stringify(payload),
       });

@@ -65,6 +65,9 @@ export async function withRetry<T>(fn: () => Promise<T>, options: RetryOptions =
     });
   } catch (err) {
     if (err instanceof MemorySyncError) throw err;
+    if (options.signal?.aborted) {
+      throw new DatabaseUnavailableError('stopped retrying: shutting down', { cause: err });
+    }
     const message = err instanceof Error ? err.message : String(err);
     if (isTransient(err)) {
       throw new DatabaseUnavailableError(`database unavailable after ${options.retries + 1} attempts: ${message}`, {

@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import pg from 'pg';
 import type { Logger } from 'pino';
 
 /**
@@ -10,52 +10,66 @@ export const JOB_LOCKS = { history: 1, memoryCap: 2, indexGuard: 3 } as const;
 
 export type Locked<T> = { ran: true; value: T } | { ran: false };
 
+/** Opens a connection of the job's own: jobs never hold (or wait for) pool connections. */
+export type Connect = () => Promise<pg.Client>;
+
+/** A connected client whose 'error' event is handled (a dropped socket must not crash the process). */
+export function dedicatedConnection(databaseUrl: string, applicationName = 'memory-sync-jobs'): Connect {
+  return async () => {
+    const client = new pg.Client({ connectionString: databaseUrl, application_name: applicationName, connectionTimeoutMillis: 5_000 });
+    client.on('error', () => {}); // surfaces as the failure of the query in flight
+    await client.connect();
+    return client;
+  };
+}
+
 /**
- * Runs `fn` on one dedicated pooled client that holds a session advisory lock
+ * Runs `fn` on a connection of its own that holds a session advisory lock
  * for the whole job, so that among many sidecars exactly one runs it. Returns
- * { ran: false } at once when another session holds the lock. An abort
- * cancels the statement in flight (pg_cancel_backend) so shutdown never waits
- * for a long index build.
+ * { ran: false } at once when another session holds the lock. The connection
+ * is closed afterwards, which also ends the lock whatever happened. An abort
+ * cancels the statement in flight (pg_cancel_backend, from another
+ * connection) so shutdown never waits for a long index build.
  */
 export async function withJobLock<T>(
-  pool: pg.Pool,
+  connect: Connect,
   key: number,
-  fn: (db: pg.PoolClient) => Promise<T>,
+  fn: (db: pg.ClientBase) => Promise<T>,
   signal?: AbortSignal,
 ): Promise<Locked<T>> {
-  const db = await pool.connect();
-  // While checked out, pg-pool does not handle the client's 'error' event: a
-  // dropped connection during a job must not crash the process.
-  const onError = (err: Error) => (destroy = err);
-  db.on('error', onError);
-  // A client whose unlock failed still holds the lock: destroy it, and its
-  // session (with the lock) ends, instead of returning it to the pool.
-  let destroy: Error | undefined;
+  if (signal?.aborted) return { ran: false };
+  const db = await connect();
   try {
-    const r = await db
-      .query<{ locked: boolean; pid: number }>('SELECT pg_try_advisory_lock($1, $2) AS locked, pg_backend_pid() AS pid', [
-        JOB_LOCK_NAMESPACE,
-        key,
-      ])
-      .catch((err: Error) => {
-        destroy = err;
-        throw err;
-      });
+    const r = await db.query<{ locked: boolean; pid: number }>(
+      'SELECT pg_try_advisory_lock($1, $2) AS locked, pg_backend_pid() AS pid',
+      [JOB_LOCK_NAMESPACE, key],
+    );
     const row = r.rows[0];
     if (!row?.locked) return { ran: false };
-    const cancel = () => void pool.query('SELECT pg_cancel_backend($1)', [row.pid]).catch(() => {});
+    const cancel = () => void cancelBackend(connect, row.pid);
     signal?.addEventListener('abort', cancel, { once: true });
+    if (signal?.aborted) cancel(); // aborted while the lock was being taken
     try {
       return { ran: true, value: await fn(db) };
     } finally {
       signal?.removeEventListener('abort', cancel);
-      await db.query('SELECT pg_advisory_unlock($1, $2)', [JOB_LOCK_NAMESPACE, key]).catch((err: Error) => {
-        destroy = err;
-      });
     }
   } finally {
-    db.off('error', onError);
-    db.release(destroy);
+    // Ending the session releases its advisory locks, even if an unlock would fail.
+    await db.end().catch(() => {});
+  }
+}
+
+async function cancelBackend(connect: Connect, pid: number): Promise<void> {
+  try {
+    const c = await connect();
+    try {
+      await c.query('SELECT pg_cancel_backend($1)', [pid]);
+    } finally {
+      await c.end().catch(() => {});
+    }
+  } catch {
+    // Nothing to cancel through: the job's own timeout still bounds it.
   }
 }
 

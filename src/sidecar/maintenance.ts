@@ -2,12 +2,13 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { JobsConfig } from '../config.js';
 import { guardVectorIndex } from './index-guard.js';
-import { JOB_LOCKS, Scheduler, withJobLock, type ScheduledJob } from './jobs.js';
+import { JOB_LOCKS, Scheduler, withJobLock, type Connect, type ScheduledJob } from './jobs.js';
 import type { SidecarMetrics } from './metrics.js';
 import { deleteExpiredHistory, enforceMemoryCap } from './retention.js';
 
 export interface MaintenanceDeps {
-  pool: pg.Pool;
+  /** Each job run gets a connection of its own (never a pool connection). */
+  connect: Connect;
   logger: Logger;
   metrics: SidecarMetrics;
   config: JobsConfig;
@@ -18,18 +19,18 @@ function locked(
   deps: MaintenanceDeps,
   name: string,
   key: number,
-  work: (db: pg.PoolClient, signal: AbortSignal) => Promise<{ deleted?: number; fields: Record<string, unknown> }>,
+  work: (db: pg.ClientBase, signal: AbortSignal) => Promise<{ deleted?: number; fields: Record<string, unknown> }>,
 ): (signal: AbortSignal) => Promise<void> {
   return async (signal) => {
     const started = performance.now();
     try {
-      const r = await withJobLock(deps.pool, key, (db) => work(db, signal), signal);
+      const r = await withJobLock(deps.connect, key, (db) => work(db, signal), signal);
       if (!r.ran) {
         deps.metrics.job(name, 'skipped');
         deps.logger.debug({ job: name }, 'job skipped: another instance holds its lock');
         return;
       }
-      deps.metrics.job(name, 'ran', r.value.deleted);
+      deps.metrics.job(name, 'ran');
       deps.logger.info({ job: name, ms: Math.round(performance.now() - started), ...r.value.fields }, 'job done');
     } catch (err) {
       // Logged here, not thrown: one failing job must not stop the next one.
@@ -57,12 +58,17 @@ export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
       }),
     },
   ];
-  // History and the cap run one after the other: one pooled connection at a time.
+  // History and the cap run one after the other: one extra connection at a time.
   const retention: Array<(signal: AbortSignal) => Promise<void>> = [];
   if (config.historyTtlDays > 0) {
     retention.push(
       locked(deps, 'history-ttl', JOB_LOCKS.history, async (db, signal) => {
-        const r = await deleteExpiredHistory(db, { ttlDays: config.historyTtlDays, batchSize: config.batchSize, signal });
+        const r = await deleteExpiredHistory(db, {
+          ttlDays: config.historyTtlDays,
+          batchSize: config.batchSize,
+          signal,
+          onBatch: (n) => deps.metrics.deletedRows('history-ttl', n),
+        });
         return { deleted: r.deleted, fields: { ...r, ttlDays: config.historyTtlDays } };
       }),
     );
@@ -70,7 +76,12 @@ export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
   if (config.memoryCap > 0) {
     retention.push(
       locked(deps, 'memory-cap', JOB_LOCKS.memoryCap, async (db, signal) => {
-        const r = await enforceMemoryCap(db, { cap: config.memoryCap, batchSize: config.batchSize, signal });
+        const r = await enforceMemoryCap(db, {
+          cap: config.memoryCap,
+          batchSize: config.batchSize,
+          signal,
+          onBatch: (n) => deps.metrics.deletedRows('memory-cap', n),
+        });
         return { deleted: r.deleted, fields: { ...r, cap: config.memoryCap } };
       }),
     );

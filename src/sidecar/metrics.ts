@@ -93,11 +93,20 @@ export class SidecarMetrics {
       help: 'pg_notification_queue_usage(): fraction of the server NOTIFY queue in use (NaN when the query failed).',
       registers,
       async collect() {
+        // query_timeout starts only once a connection is free: bound the wait for one too.
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('no pool connection in time')), QUEUE_QUERY_TIMEOUT_MS);
+        });
         try {
-          const r = await client.pool.query<{ usage: number }>(timedQuery('SELECT pg_notification_queue_usage() AS usage', [], QUEUE_QUERY_TIMEOUT_MS));
+          const query = client.pool.query<{ usage: number }>(timedQuery('SELECT pg_notification_queue_usage() AS usage', [], QUEUE_QUERY_TIMEOUT_MS));
+          query.catch(() => {}); // may settle after the race is lost
+          const r = await Promise.race([query, late]);
           this.set(Number(r.rows[0]?.usage ?? Number.NaN));
         } catch {
           this.set(Number.NaN);
+        } finally {
+          clearTimeout(timer);
         }
       },
     });
@@ -144,9 +153,13 @@ export class SidecarMetrics {
     this.requests.observe({ method, route, status: String(status) }, seconds);
   }
 
-  job(job: string, outcome: 'ran' | 'skipped' | 'failed', deletedRows = 0): void {
+  job(job: string, outcome: 'ran' | 'skipped' | 'failed'): void {
     this.jobRuns.inc({ job, outcome });
-    if (deletedRows > 0) this.jobRows.inc({ job }, deletedRows);
+  }
+
+  /** Counted per batch, so a run that fails half-way still reports what it deleted. */
+  deletedRows(job: string, rows: number): void {
+    if (rows > 0) this.jobRows.inc({ job }, rows);
   }
 
   indexRebuilt(): void {

@@ -14,6 +14,8 @@ export interface BatchOptions {
   signal?: AbortSignal;
   /** Client-side limit per statement (the pool's default may be too short on a big table). */
   statementTimeoutMs?: number;
+  /** Called after every batch with the rows it deleted. */
+  onBatch?: (deleted: number) => void;
 }
 
 const STATEMENT_TIMEOUT_MS = 10 * 60_000;
@@ -41,6 +43,7 @@ export async function deleteExpiredHistory(db: Db, options: BatchOptions & { ttl
     );
     batches++;
     deleted += r.rowCount ?? 0;
+    options.onBatch?.(r.rowCount ?? 0);
     if ((r.rowCount ?? 0) < options.batchSize) break;
   }
   return { deleted, batches };
@@ -48,9 +51,10 @@ export async function deleteExpiredHistory(db: Db, options: BatchOptions & { ttl
 
 /**
  * Keeps the newest `cap` memories of each (personality, channel) and deletes
- * the rest, oldest first, `batchSize` rows per statement. Each statement
- * recomputes "beyond the newest cap", so concurrent writes never make it
- * delete more than the excess.
+ * the rest, `batchSize` rows per statement. The newest row to drop is found
+ * once per group; batches then delete rows at or before it, so a batch never
+ * sorts the group again, and rows written meanwhile (newer) are never taken.
+ * SKIP LOCKED: rows another transaction holds wait for the next run.
  */
 export async function enforceMemoryCap(db: Db, options: BatchOptions & { cap: number }): Promise<RetentionResult & { groups: number }> {
   const timeout = options.statementTimeoutMs ?? STATEMENT_TIMEOUT_MS;
@@ -64,18 +68,30 @@ export async function enforceMemoryCap(db: Db, options: BatchOptions & { cap: nu
   let deleted = 0;
   let batches = 0;
   for (const g of over.rows) {
+    const edge = await db.query<{ createdAt: string; id: string }>(
+      timedQuery(
+        `SELECT "createdAt"::text AS "createdAt", id FROM memories WHERE "personalityId" = $1 AND "channelId" = $2
+         ORDER BY "createdAt" DESC, id DESC OFFSET $3 LIMIT 1`,
+        [g.personalityId, g.channelId, options.cap],
+        timeout,
+      ),
+    );
+    const newestToDrop = edge.rows[0];
+    if (!newestToDrop) continue; // trimmed meanwhile
     while (!options.signal?.aborted) {
       const r = await db.query(
         timedQuery(
           `DELETE FROM memories WHERE id IN (
              SELECT id FROM memories WHERE "personalityId" = $1 AND "channelId" = $2
-             ORDER BY "createdAt" DESC, id DESC OFFSET $3 LIMIT $4)`,
-          [g.personalityId, g.channelId, options.cap, options.batchSize],
+               AND ("createdAt", id) <= ($3::timestamptz, $4::uuid)
+             LIMIT $5 FOR UPDATE SKIP LOCKED)`,
+          [g.personalityId, g.channelId, newestToDrop.createdAt, newestToDrop.id, options.batchSize],
           timeout,
         ),
       );
       batches++;
       deleted += r.rowCount ?? 0;
+      options.onBatch?.(r.rowCount ?? 0);
       if ((r.rowCount ?? 0) < options.batchSize) break;
     }
   }

@@ -31,6 +31,9 @@ describe('memory-sync start: configuration', () => {
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_PORT: 'abc' }, /^memory-sync: invalid configuration: MEMORY_SYNC_PORT: must be a whole number/],
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_POOL_SIZE: '50' }, /^memory-sync: invalid configuration: MEMORY_SYNC_POOL_SIZE: .*20/],
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_MIGRATE: 'sure' }, /^memory-sync: invalid configuration: MEMORY_SYNC_MIGRATE: /],
+      [{ DATABASE_URL: 'postgres://127.0.0.1:99999/x' }, /^memory-sync: invalid configuration: DATABASE_URL: is not a valid URL/],
+      [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_HOST: '999.1.1.1' }, /^memory-sync: invalid configuration: MEMORY_SYNC_HOST: /],
+      [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_LISTEN_URL: 'postgres://h:0x/x' }, /^memory-sync: invalid configuration: MEMORY_SYNC_LISTEN_URL: /],
     ];
     for (const [env, message] of cases) {
       const r = spawnSync(process.execPath, [BIN, 'start'], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' });

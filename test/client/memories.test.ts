@@ -333,6 +333,14 @@ describe('hot-set robustness', () => {
   });
 });
 
+/** { a: { a: … } }, `depth` levels. */
+function deep(depth: number): Record<string, unknown> {
+  const root: Record<string, unknown> = {};
+  let node = root;
+  for (let i = 1; i < depth; i++) node = (node.a = {}) as Record<string, unknown>;
+  return root;
+}
+
 describe('input validation', () => {
   it('rejects bad input with a typed error before any database round trip', async () => {
     // Never started, and pointed at a port nothing listens on: any round trip would fail differently.
@@ -350,6 +358,12 @@ describe('input validation', () => {
       [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: '', embedding: ok }), /content/],
       [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x', embedding: ok, metadata: [1] as never }), /metadata/],
       [() => c.deleteMemory('1'), /id: must be a UUID/],
+      [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'a\u0000b', embedding: ok }), /content: must not contain NUL/],
+      [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x\ud800', embedding: ok }), /content: .*surrogate/],
+      [() => c.findSimilarMemories({ personalityId: pid, channelId: 'c\u0000', embedding: ok }), /channelId: must not contain NUL/],
+      [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x', embedding: ok, metadata: { k: 'v\u0000' } }), /metadata/],
+      [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x', embedding: ok, metadata: deep(5000) }), /metadata: must nest at most 32/],
+      [() => c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x', embedding: ok, metadata: { n: 1n } as never }), /metadata: must be plain JSON/],
     ];
     for (const [call, message] of cases) {
       const err = await call().then(() => null, (e: unknown) => e);

@@ -1,13 +1,14 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
-import { JOB_LOCK_NAMESPACE, JOB_LOCKS, Scheduler, withJobLock } from '../../src/sidecar/jobs.js';
+import { dedicatedConnection, JOB_LOCK_NAMESPACE, JOB_LOCKS, Scheduler, withJobLock, type Connect } from '../../src/sidecar/jobs.js';
 import { deleteExpiredHistory, enforceMemoryCap } from '../../src/sidecar/retention.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
 
 let db: TestDb;
 let writer: pg.Client;
 let pool: pg.Pool;
+let jobConnection: Connect;
 let p1: string;
 let p2: string;
 
@@ -15,6 +16,7 @@ beforeAll(async () => {
   db = await createMigratedDatabase();
   writer = await connect(db.url);
   pool = new pg.Pool({ connectionString: db.url, max: 3 });
+  jobConnection = dedicatedConnection(db.url);
   p1 = await insertPersonality(writer, 'jobs-1');
   p2 = await insertPersonality(writer, 'jobs-2');
 });
@@ -96,8 +98,8 @@ describe('memory cap per (personality, channel)', () => {
 });
 
 describe('advisory locks', () => {
-  it('runs a job on one pooled client holding the lock, and releases it after', async () => {
-    const r = await withJobLock(pool, JOB_LOCKS.history, async (c) => {
+  it('runs a job on a connection of its own holding the lock, and closes it after', async () => {
+    const r = await withJobLock(jobConnection, JOB_LOCKS.history, async (c) => {
       const held = await writer.query(
         `SELECT count(*)::int AS n FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND locktype = 'advisory' AND classid = $1 AND objid = $2 AND granted`,
         [JOB_LOCK_NAMESPACE, JOB_LOCKS.history],
@@ -108,7 +110,8 @@ describe('advisory locks', () => {
     expect(r.ran && r.value.held).toBe(1);
     const after = await writer.query(`SELECT count(*)::int AS n FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND locktype = 'advisory' AND classid = $1`, [JOB_LOCK_NAMESPACE]);
     expect(after.rows[0].n).toBe(0);
-    expect(pool.idleCount).toBeGreaterThanOrEqual(1); // the client went back to the pool
+    const open = await writer.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1`, [r.ran ? r.value.pid : -1]);
+    expect(open.rows[0].n).toBe(0); // its session (and any lock it held) is gone
   });
 
   it('skips at once when another instance holds the lock, deleting nothing', async () => {
@@ -117,7 +120,7 @@ describe('advisory locks', () => {
     try {
       await other.query('SELECT pg_advisory_lock($1, $2)', [JOB_LOCK_NAMESPACE, JOB_LOCKS.history]);
       let ran = false;
-      const r = await withJobLock(pool, JOB_LOCKS.history, async (c) => {
+      const r = await withJobLock(jobConnection, JOB_LOCKS.history, async (c) => {
         ran = true;
         return deleteExpiredHistory(c, { ttlDays: 30, batchSize: 10 });
       });
@@ -127,14 +130,14 @@ describe('advisory locks', () => {
     } finally {
       await other.end();
     }
-    const r = await withJobLock(pool, JOB_LOCKS.history, (c) => deleteExpiredHistory(c, { ttlDays: 30, batchSize: 10 }));
+    const r = await withJobLock(jobConnection, JOB_LOCKS.history, (c) => deleteExpiredHistory(c, { ttlDays: 30, batchSize: 10 }));
     expect(r).toEqual({ ran: true, value: { deleted: 5, batches: 1 } });
   });
 
   it('an abort cancels the statement in flight, and the lock is released', async () => {
     const abort = new AbortController();
     const started = withJobLock(
-      pool,
+      jobConnection,
       JOB_LOCKS.indexGuard,
       async (c) => {
         const pid = (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;

@@ -6,7 +6,7 @@ import type { SidecarConfig } from '../../config.js';
 import { migrate } from '../../db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../../paths.js';
 import { EventHub } from '../events.js';
-import type { Scheduler } from '../jobs.js';
+import { dedicatedConnection, type Scheduler } from '../jobs.js';
 import { startMaintenance } from '../maintenance.js';
 import { SidecarMetrics } from '../metrics.js';
 import { NotificationLog } from '../notification-log.js';
@@ -14,6 +14,8 @@ import { Readiness } from '../readiness.js';
 import { buildServer } from '../server.js';
 
 const POOL_RETRY_MIN_MS = 100;
+/** Leaves room, before the 10 s backstop, for one more pool connect attempt (5 s) to fail. */
+const DRAIN_GRACE_MS = 4_000;
 const POOL_RETRY_MAX_MS = 5_000;
 
 /**
@@ -80,6 +82,8 @@ export class Sidecar {
     });
     client.on('invalid', () => metrics.invalidNotification());
     client.on('flush', (reason) => events.send('flush', { reason }));
+    // Subscribers that connected while LISTEN was still coming up learn it is up now.
+    client.on('up', () => events.send('state', { listener: 'up' }));
     client.on('down', (reason) => {
       events.send('down', { reason });
       this.readinessChanged(reason);
@@ -117,7 +121,15 @@ export class Sidecar {
     if (this.lifetime.signal.aborted) return;
     this.readiness.poolUp = true;
     this.readinessChanged('pool and LISTEN connected');
-    this.scheduler = startMaintenance({ pool: client.pool, logger: this.logger.child({ component: 'jobs' }), metrics, config: this.config.jobs });
+    // Jobs use a connection of their own, direct when MEMORY_SYNC_LISTEN_URL is set
+    // (session advisory locks need one backend; a transaction-mode PgBouncer would not give that).
+    const jobsUrl = this.config.engine.listener.databaseUrl ?? this.config.databaseUrl;
+    this.scheduler = startMaintenance({
+      connect: dedicatedConnection(jobsUrl),
+      logger: this.logger.child({ component: 'jobs' }),
+      metrics,
+      config: this.config.jobs,
+    });
   }
 
   /** The pool must answer once before the sidecar calls itself ready; until then, retry with backoff. */
@@ -153,9 +165,14 @@ export class Sidecar {
       this.readinessChanged(reason);
       this.lifetime.abort();
       await this.starting; // a migration in progress finishes; it holds a lock
+      // Requests in flight finish; one still waiting out a database outage
+      // after the grace period gets its 503 instead of holding the shutdown
+      // past its deadline.
+      const giveUp = setTimeout(() => this.client?.stopRetrying(), DRAIN_GRACE_MS);
       await Promise.all([this.scheduler?.stop(), this.app?.close()]);
-      this.notifications?.flush();
+      clearTimeout(giveUp);
       await this.client?.close();
+      this.notifications?.flush(); // after LISTEN is closed: nothing can arrive later
       this.logger.info('stopped');
     })();
     return this.stopping;
