@@ -259,7 +259,8 @@ describe('findSimilarMemories', () => {
     }
     writing = false;
     await writerLoop;
-    await c.hotSets.settled(pid);
+    await c.sync(); // every write's notification has arrived...
+    await c.hotSets.settled(pid); // ...and been applied
     expect(writes).toBeGreaterThan(0);
     expectSame(await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 5 }), await exact(pid, q, 5));
     expect(c.stats().hotSearches).toBeGreaterThan(0);
