@@ -32,17 +32,9 @@ const COLUMNS = 'id, "personalityId", "channelId", content, "createdAt", metadat
 
 type RawRow = [string, string, string, string, Date, unknown, Buffer];
 
-/** Decodes pgvector's binary form into `dst` at `offset`; returns the dimension. */
-export function decodeVector(b: Buffer, dst: Float32Array, offset = 0): number {
-  const dim = b.readInt16BE(0);
-  for (let i = 0, p = 4; i < dim; i++, p += 4) dst[offset + i] = b.readFloatBE(p);
-  return dim;
-}
-
-/** `scratch` lets a bulk load reuse one embedding buffer for every row. */
-export function decodeRow(r: RawRow, scratch?: Float32Array): MemoryRow {
-  const embedding = scratch ?? new Float32Array(EMBEDDING_DIMENSION);
-  decodeVector(r[6], embedding);
+function decodeRow(r: RawRow): MemoryRow {
+  const embedding = new Float32Array(EMBEDDING_DIMENSION);
+  readVector(r[6], 0, embedding);
   return {
     id: r[0],
     personalityId: r[1],
@@ -75,6 +67,13 @@ function readFloatsBE(src: Buffer, at: number, dst: Float32Array): void {
   Buffer.from(dst.buffer, dst.byteOffset, bytes.length).swap32();
 }
 
+/** pgvector's binary form (int16 dim, int16 unused, float4 big-endian...) into `dst`. */
+function readVector(b: Buffer, at: number, dst: Float32Array): void {
+  const dim = b.readInt16BE(at);
+  if (dim !== dst.length) throw new Error(`embedding has ${dim} dimensions, expected ${dst.length}`);
+  readFloatsBE(b, at + 4, dst);
+}
+
 /** Parses COPY BINARY tuples of (id, channelId, content, createdAt, metadata, embedding). */
 function parseTuple(b: Buffer, at: number, end: number, personalityId: string, scratch: Float32Array): [MemoryRow, number] | null {
   if (at + 2 > end) return null;
@@ -91,9 +90,7 @@ function parseTuple(b: Buffer, at: number, end: number, personalityId: string, s
     if (len > 0) p += len;
   }
   const [id, channel, content, created, meta, vec] = cols as [[number, number], [number, number], [number, number], [number, number], [number, number], [number, number]];
-  const dim = b.readInt16BE(vec[0]);
-  if (dim !== scratch.length) throw new Error(`embedding has ${dim} dimensions, expected ${scratch.length}`);
-  readFloatsBE(b, vec[0] + 4, scratch);
+  readVector(b, vec[0], scratch);
   const row: MemoryRow = {
     id: uuidText(b, id[0]),
     personalityId,
@@ -201,7 +198,7 @@ export async function fetchMemoriesByIds(db: Queryable, ids: string[]): Promise<
     values: [`{${ids.join(',')}}`],
     rowMode: 'array',
   });
-  return res.rows.map((r) => decodeRow(r));
+  return res.rows.map(decodeRow);
 }
 
 export interface SearchQuery {

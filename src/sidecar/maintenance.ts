@@ -4,7 +4,7 @@ import type { JobsConfig } from '../config.js';
 import { guardVectorIndex } from './index-guard.js';
 import { JOB_LOCKS, Scheduler, withJobLock, type Connect, type ScheduledJob } from './jobs.js';
 import type { SidecarMetrics } from './metrics.js';
-import { deleteExpiredHistory, enforceMemoryCap } from './retention.js';
+import { deleteExpiredHistory, enforceMemoryCap, type BatchOptions } from './retention.js';
 
 export interface MaintenanceDeps {
   /** Each job run gets a connection of its own (never a pool connection). */
@@ -19,19 +19,25 @@ function locked(
   deps: MaintenanceDeps,
   name: string,
   key: number,
-  work: (db: pg.ClientBase, signal: AbortSignal) => Promise<{ deleted?: number; fields: Record<string, unknown> }>,
+  work: (db: pg.ClientBase, batch: BatchOptions) => Promise<Record<string, unknown>>,
 ): (signal: AbortSignal) => Promise<void> {
   return async (signal) => {
     const started = performance.now();
+    // Deleted rows are counted per batch: a run that fails half-way still reports them.
+    const batch: BatchOptions = {
+      batchSize: deps.config.batchSize,
+      signal,
+      onBatch: (n) => deps.metrics.deletedRows(name, n),
+    };
     try {
-      const r = await withJobLock(deps.connect, key, (db) => work(db, signal), signal);
+      const r = await withJobLock(deps.connect, key, (db) => work(db, batch), signal);
       if (!r.ran) {
         deps.metrics.job(name, 'skipped');
         deps.logger.debug({ job: name }, 'job skipped: another instance holds its lock');
         return;
       }
       deps.metrics.job(name, 'ran');
-      deps.logger.info({ job: name, ms: Math.round(performance.now() - started), ...r.value.fields }, 'job done');
+      deps.logger.info({ job: name, ms: Math.round(performance.now() - started), ...r.value }, 'job done');
     } catch (err) {
       // Logged here, not thrown: one failing job must not stop the next one.
       if (signal.aborted) {
@@ -54,7 +60,7 @@ export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
       run: locked(deps, 'index-guard', JOB_LOCKS.indexGuard, async (db) => {
         const outcome = await guardVectorIndex(db, deps.logger);
         if (outcome === 'recreated') deps.metrics.indexRebuilt();
-        return { fields: { outcome } };
+        return { outcome };
       }),
     },
   ];
@@ -62,28 +68,18 @@ export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
   const retention: Array<(signal: AbortSignal) => Promise<void>> = [];
   if (config.historyTtlDays > 0) {
     retention.push(
-      locked(deps, 'history-ttl', JOB_LOCKS.history, async (db, signal) => {
-        const r = await deleteExpiredHistory(db, {
-          ttlDays: config.historyTtlDays,
-          batchSize: config.batchSize,
-          signal,
-          onBatch: (n) => deps.metrics.deletedRows('history-ttl', n),
-        });
-        return { deleted: r.deleted, fields: { ...r, ttlDays: config.historyTtlDays } };
-      }),
+      locked(deps, 'history-ttl', JOB_LOCKS.history, async (db, batch) => ({
+        ...(await deleteExpiredHistory(db, { ...batch, ttlDays: config.historyTtlDays })),
+        ttlDays: config.historyTtlDays,
+      })),
     );
   }
   if (config.memoryCap > 0) {
     retention.push(
-      locked(deps, 'memory-cap', JOB_LOCKS.memoryCap, async (db, signal) => {
-        const r = await enforceMemoryCap(db, {
-          cap: config.memoryCap,
-          batchSize: config.batchSize,
-          signal,
-          onBatch: (n) => deps.metrics.deletedRows('memory-cap', n),
-        });
-        return { deleted: r.deleted, fields: { ...r, cap: config.memoryCap } };
-      }),
+      locked(deps, 'memory-cap', JOB_LOCKS.memoryCap, async (db, batch) => ({
+        ...(await enforceMemoryCap(db, { ...batch, cap: config.memoryCap })),
+        cap: config.memoryCap,
+      })),
     );
   }
   if (retention.length) {

@@ -1,5 +1,5 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
+import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
 import type { SidecarConfig } from '../../config.js';
@@ -134,16 +134,16 @@ export class Sidecar {
 
   /** The pool must answer once before the sidecar calls itself ready; until then, retry with backoff. */
   private async waitForPool(client: MemorySync): Promise<void> {
-    for (let attempt = 0; !this.lifetime.signal.aborted; attempt++) {
-      try {
-        await client.pool.query('SELECT 1');
-        return;
-      } catch (err) {
-        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database pool not reachable yet; retrying');
-        const delay = Math.min(POOL_RETRY_MAX_MS, POOL_RETRY_MIN_MS * 2 ** attempt);
-        await sleep(delay, undefined, { signal: this.lifetime.signal }).catch(() => {});
-      }
-    }
+    await pRetry(() => client.pool.query('SELECT 1'), {
+      retries: Infinity,
+      minTimeout: POOL_RETRY_MIN_MS,
+      maxTimeout: POOL_RETRY_MAX_MS,
+      signal: this.lifetime.signal,
+      onFailedAttempt: ({ error, attemptNumber }) =>
+        this.logger.warn({ attempt: attemptNumber, err: { message: error.message } }, 'database pool not reachable yet; retrying'),
+    }).catch((err: unknown) => {
+      if (!this.lifetime.signal.aborted) throw err;
+    });
   }
 
   private readinessChanged(reason: string): void {
