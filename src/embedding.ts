@@ -15,7 +15,17 @@ export function assertUuid(value: unknown, field: string): string {
   return value.toLowerCase();
 }
 
-/** Checks length and finiteness; returns the values as float32, as pgvector stores them. */
+/** Smallest normal float32, 2^-126. */
+const FLOAT32_MIN_NORMAL = 2 ** -126;
+
+/**
+ * Checks length and finiteness; returns the values as float32, as pgvector
+ * stores them. The squared norm is summed in float32, as pgvector's `<=>`
+ * and the in-process kernels do, and must be a normal positive float32:
+ * below 2^-126 it loses its precision and underflows to 0 (a vector of 1e-30
+ * everywhere would then be every query's top hit at similarity 1), above
+ * float32's range it becomes Infinity (similarity NaN).
+ */
 export function parseEmbedding(value: unknown, field = 'embedding'): Float32Array {
   if (!Array.isArray(value) && !(value instanceof Float32Array) && !(value instanceof Float64Array)) {
     throw new ValidationError(field, `must be an array of ${EMBEDDING_DIMENSION} numbers`);
@@ -24,24 +34,51 @@ export function parseEmbedding(value: unknown, field = 'embedding'): Float32Arra
     throw new ValidationError(field, `must have ${EMBEDDING_DIMENSION} dimensions, got ${value.length}`);
   }
   const out = new Float32Array(EMBEDDING_DIMENSION);
-  let norm = 0;
+  let squared = 0; // float32 throughout: each product and each sum rounded as C's float does
+  let nonZeroInput = false;
   for (let i = 0; i < EMBEDDING_DIMENSION; i++) {
-    const x = value[i];
+    const x: unknown = value[i];
     if (typeof x !== 'number' || !Number.isFinite(x)) {
       throw new ValidationError(`${field}[${i}]`, 'must be a finite number');
     }
     out[i] = x;
-    if (!Number.isFinite(out[i])) throw new ValidationError(`${field}[${i}]`, 'overflows float32');
-    norm += out[i]! * out[i]!;
+    const f = out[i]!;
+    if (!Number.isFinite(f)) throw new ValidationError(`${field}[${i}]`, 'overflows float32');
+    if (x !== 0) nonZeroInput = true;
+    squared = Math.fround(squared + Math.fround(f * f));
   }
-  if (norm === 0) throw new ValidationError(field, 'must not be the zero vector (cosine is undefined)');
+  if (squared === 0 && !nonZeroInput) throw new ValidationError(field, 'must not be the zero vector (cosine is undefined)');
+  if (!(squared >= FLOAT32_MIN_NORMAL)) {
+    throw new ValidationError(
+      field,
+      `is too small: its squared norm in float32 is ${squared}, below the smallest normal float32 (2^-126), so cosine similarity would be wrong or undefined; scale the vector up`,
+    );
+  }
+  if (squared === Infinity) {
+    throw new ValidationError(
+      field,
+      'is too large: its squared norm overflows float32 (above 3.4e38), so cosine similarity would be undefined; scale the vector down',
+    );
+  }
   return out;
 }
 
-/** Scales to unit length in float64, stores float32: the hot-set kernel then needs only a dot product. */
-export function normalizeInto(src: Float32Array, dst: Float32Array, offset = 0): void {
-  let norm = 0;
-  for (let i = 0; i < src.length; i++) norm += src[i]! * src[i]!;
-  const inv = 1 / Math.sqrt(norm);
-  for (let i = 0; i < src.length; i++) dst[offset + i] = src[i]! * inv;
+/**
+ * Scales `src` to unit length into `dst` at `offset`: the hot-set kernel then
+ * needs only a dot product. The norm is taken in float64, where no float32
+ * input can overflow or underflow it. A vector with no direction (zero, or
+ * not finite: rows written around parseEmbedding) is written as zeros, so it
+ * scores 0 against every query instead of NaN; returns false for it.
+ */
+export function normalizeInto(src: Float32Array, dst: Float32Array, offset = 0): boolean {
+  let squared = 0;
+  for (let i = 0; i < src.length; i++) squared += src[i]! * src[i]!;
+  const norm = Math.sqrt(squared);
+  if (!(norm > 0 && norm < Infinity)) {
+    dst.fill(0, offset, offset + src.length);
+    return false;
+  }
+  const inverse = 1 / norm;
+  for (let i = 0; i < src.length; i++) dst[offset + i] = src[i]! * inverse;
+  return true;
 }
