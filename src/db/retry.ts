@@ -1,79 +1,249 @@
 import pRetry from 'p-retry';
-import { DatabaseUnavailableError, MemorySyncError, QueryError } from '../errors.js';
+import { DatabaseUnavailableError, MemorySyncError, NotMigratedError, PermanentError, QueryError } from '../errors.js';
 
-const TRANSIENT_CODES = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN',
-  '57P01', // admin_shutdown (pg_terminate_backend, restart)
+/*
+ * One place that reads database errors, whoever wrapped them:
+ * - pg: DatabaseError with `.code` (the SQLSTATE) and `.severity`; socket
+ *   errors with Node's `.code` (ECONNREFUSED, ENOTFOUND, ...).
+ * - @prisma/adapter-pg 7: DriverAdapterError whose `.cause` is
+ *   `{ kind, originalCode?, originalMessage?, host?, port? }`; socket errors
+ *   lose their Node code and become kind DatabaseNotReachable /
+ *   ConnectionClosed / SocketTimeout.
+ * - Prisma client 7: PrismaClientKnownRequestError with a P-code (57P03 is
+ *   P2039, 53300 P2037, 28P01 P1000, ...), the DriverAdapterError in
+ *   `meta.driverAdapterError`, and for raw queries "Code: `57P03`" in the
+ *   message. Errors the adapter does not recognise ("Connection terminated
+ *   unexpectedly", "Query read timeout") pass through as plain Errors.
+ */
+
+// PostgreSQL classes are two digits, or F0, HV, P0, XX. The shape keeps
+// Node's EPIPE and Prisma's P2039 out.
+const SQLSTATE = /^(?:[0-9][0-9A-Z]|F0|HV|P0|XX)[0-9A-Z]{3}$/;
+
+const TRANSIENT_SQLSTATES = new Set([
+  '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
   '57P02', // crash_shutdown
-  '57P03', // cannot_connect_now (starting up)
+  '57P03', // cannot_connect_now: starting up or shutting down
+  '57P05', // idle_session_timeout
   '53300', // too_many_connections
-  'P1001', 'P1002', 'P1017', 'P2024', // Prisma: unreachable, timed out, closed, pool timeout
 ]);
+const TRANSIENT_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+// Prisma codes for connectivity: unreachable, connect timed out, socket timed
+// out, connection closed, pool timeout, too many connections.
+const TRANSIENT_PRISMA_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2024', 'P2037']);
+const TRANSIENT_ADAPTER_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections']);
 // "Query read timeout": pg's query_timeout fired, usually a half-open socket.
-const TRANSIENT_MESSAGES = /Query read timeout|Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|terminating connection|ECONNREFUSED|ECONNRESET|server closed the connection/i;
+const TRANSIENT_MESSAGES =
+  /Query read timeout|Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|terminating connection|ECONNREFUSED|ECONNRESET|server closed the connection/i;
 
-/** True for errors where the same call may succeed once the connection is back. */
-export function isTransient(err: unknown): boolean {
-  for (let e = err, depth = 0; e && depth < 6; depth++) {
-    const o = e as { code?: unknown; message?: unknown; cause?: unknown; errno?: unknown };
-    if (typeof o.code === 'string' && (TRANSIENT_CODES.has(o.code) || o.code.startsWith('08'))) return true;
-    if (typeof o.message === 'string' && TRANSIENT_MESSAGES.test(o.message)) return true;
-    // AggregateError from net when every address refuses.
-    if (Array.isArray((o as { errors?: unknown[] }).errors) && (o as { errors: unknown[] }).errors.some(isTransient)) {
-      return true;
-    }
-    e = o.cause;
+/** memory-sync's own tables: a 42P01 on one of them means the database is not migrated. */
+const OWN_TABLES = new Set(['personalities', 'llm_configs', 'memories', 'conversation_history']);
+
+type Node = Record<string, unknown>;
+
+const isObject = (v: unknown): v is Node => typeof v === 'object' && v !== null;
+const isPrismaError = (e: Node): boolean =>
+  typeof e.clientVersion === 'string' || (typeof e.name === 'string' && e.name.startsWith('PrismaClient'));
+const isAdapterError = (e: Node): boolean => e.name === 'DriverAdapterError' && isObject(e.cause);
+
+/** Every error reachable from `err` (causes, Prisma's driverAdapterError, AggregateError members), outermost first. */
+function chain(err: unknown): Node[] {
+  const out: Node[] = [];
+  const queue: unknown[] = [err];
+  while (queue.length && out.length < 16) {
+    const e = queue.shift();
+    if (!isObject(e) || out.includes(e)) continue;
+    out.push(e);
+    if (isObject(e.meta)) queue.push(e.meta.driverAdapterError);
+    queue.push(e.cause);
+    if (Array.isArray(e.errors)) queue.push(...(e.errors as unknown[]));
   }
-  return false;
+  return out;
 }
 
-export interface RetryOptions {
-  retries: number;
-  minTimeoutMs: number;
-  maxTimeoutMs: number;
-  onRetry?: (err: unknown, attempt: number) => void;
-  signal?: AbortSignal;
+interface ServerError {
+  sqlState: string;
+  /** The server's own message, without Prisma's invocation frame. */
+  message: string;
 }
 
-export const DEFAULT_RETRY: RetryOptions = { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2000 };
-
-function sqlState(err: unknown): string | undefined {
-  for (let e = err, d = 0; e && d < 6; d++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string') return code;
-    e = (e as { cause?: unknown }).cause;
+function serverError(err: unknown): ServerError | undefined {
+  for (const e of chain(err)) {
+    if (e instanceof MemorySyncError) {
+      const s = (e as { sqlState?: unknown }).sqlState;
+      if (typeof s === 'string') return { sqlState: s, message: e.message };
+      continue;
+    }
+    if (isAdapterError(e)) {
+      const c = e.cause as Node;
+      if (typeof c.originalCode === 'string' && SQLSTATE.test(c.originalCode)) {
+        return { sqlState: c.originalCode, message: typeof c.originalMessage === 'string' ? c.originalMessage : String(e.message) };
+      }
+      continue;
+    }
+    if (isPrismaError(e)) {
+      // Raw-query wrappers (P2010, P2039) print "Code: `57P03`. Message: `...`".
+      const m = typeof e.message === 'string' ? /Code: `([0-9A-Z]{5})`\. Message: `(.*)`/s.exec(e.message) : null;
+      if (m && SQLSTATE.test(m[1]!)) return { sqlState: m[1]!, message: m[2]! };
+      continue;
+    }
+    if (typeof e.code === 'string' && SQLSTATE.test(e.code)) {
+      return { sqlState: e.code, message: typeof e.message === 'string' ? e.message : e.code };
+    }
   }
   return undefined;
 }
 
 /**
+ * The SQLSTATE behind `err`, through pg, the Prisma driver adapter and Prisma
+ * client wrappers (P2039 -> "57P03", P2037 -> "53300", ...), or undefined
+ * when the server sent none (socket errors, timeouts, client-side errors).
+ */
+export function sqlStateOf(err: unknown): string | undefined {
+  return serverError(err)?.sqlState;
+}
+
+/** The host name that did not resolve, when `err` is a DNS "not found". */
+function unknownHost(err: unknown): string | undefined {
+  for (const e of chain(err)) {
+    if (e.code === 'ENOTFOUND') return typeof e.hostname === 'string' ? e.hostname : 'the database host';
+    // The adapter keeps no Node code; ENOTFOUND is the only socket error it maps
+    // with a host name and no port (refused TCP has both; unix sockets are paths).
+    if (isAdapterError(e)) {
+      const c = e.cause as Node;
+      if (c.kind === 'DatabaseNotReachable' && typeof c.host === 'string' && !c.host.startsWith('/') && c.port === undefined) return c.host;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The typed error for failures that retrying cannot fix (wrong database
+ * name, credentials, privileges, unknown host, schema not migrated), with a
+ * message saying what is wrong and what to do; undefined for anything else.
+ */
+export function toPermanent(err: unknown): PermanentError | undefined {
+  if (err instanceof PermanentError) return err;
+  if (err instanceof MemorySyncError) return undefined;
+  const server = serverError(err);
+  const cause = { cause: err };
+  switch (server?.sqlState) {
+    case '3D000':
+      return new PermanentError(`${server.message}: create it or fix DATABASE_URL`, server.sqlState, cause);
+    case '28P01':
+      return new PermanentError(`${server.message}: fix the password in DATABASE_URL`, server.sqlState, cause);
+    case '28000':
+      return new PermanentError(
+        `${server.message}: fix the user in DATABASE_URL, or let it log in (ALTER ROLE ... LOGIN, a pg_hba.conf entry)`,
+        server.sqlState,
+        cause,
+      );
+    case '42501':
+      return new PermanentError(
+        `${server.message}: grant the DATABASE_URL user CONNECT on the database and SELECT, INSERT, UPDATE, DELETE on memory-sync's tables, or connect as their owner`,
+        server.sqlState,
+        cause,
+      );
+    case '42P01': {
+      const table = /relation "(?:[^"]*\.)?([^".]+)" does not exist/.exec(server.message)?.[1];
+      if (table !== undefined && OWN_TABLES.has(table)) {
+        return new NotMigratedError(
+          `${server.message}: the database is not migrated; run \`memory-sync migrate\` or set MEMORY_SYNC_MIGRATE=true`,
+          server.sqlState,
+          cause,
+        );
+      }
+      return undefined;
+    }
+  }
+  const host = unknownHost(err);
+  if (host !== undefined) return new PermanentError(`database host "${host}" not found: fix the host in DATABASE_URL`, undefined, cause);
+  // pg's SCRAM client when the server wants a password and the URL has none.
+  if (chain(err).some((e) => typeof e.message === 'string' && e.message.includes('client password must be a string'))) {
+    return new PermanentError('the server asks for a password and DATABASE_URL has none: add it', '28P01', cause);
+  }
+  return undefined;
+}
+
+/** True for errors where the same call may succeed once the connection is back; never for toPermanent() ones. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof MemorySyncError) return err instanceof DatabaseUnavailableError;
+  if (toPermanent(err)) return false;
+  const state = sqlStateOf(err);
+  if (state !== undefined && (TRANSIENT_SQLSTATES.has(state) || state.startsWith('08'))) return true;
+  for (const e of chain(err)) {
+    if (typeof e.code === 'string') {
+      if (TRANSIENT_NODE_CODES.has(e.code)) return true;
+      if (isPrismaError(e) && TRANSIENT_PRISMA_CODES.has(e.code)) return true;
+    }
+    if (isAdapterError(e) && TRANSIENT_ADAPTER_KINDS.has(String((e.cause as Node).kind))) return true;
+    // A Prisma request error's message quotes the caller's source: its codes above decide instead.
+    const quotesSource = isPrismaError(e) && typeof e.code === 'string';
+    if (!quotesSource && typeof e.message === 'string' && TRANSIENT_MESSAGES.test(e.message)) return true;
+  }
+  return false;
+}
+
+export interface RetryOptions {
+  /**
+   * Retries after the first attempt, for transient errors only.
+   * @defaultValue 5, about 3 s of backoff in all: rides out a restart or failover without stalling callers long.
+   */
+  retries: number;
+  /**
+   * First backoff delay, doubled per retry, jittered ×1–2.
+   * @defaultValue 50 ms: a dropped pooled connection is usually replaced at once.
+   */
+  minTimeoutMs: number;
+  /**
+   * Longest backoff delay.
+   * @defaultValue 2000 ms: keeps later attempts close enough to notice recovery.
+   */
+  maxTimeoutMs: number;
+  /** Called before each real retry (never for errors that fail at once), e.g. to log it. */
+  onRetry?: (err: unknown, attempt: number) => void;
+  /** Aborting stops waiting: the call fails with DatabaseUnavailableError. */
+  signal?: AbortSignal;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2000 };
+
+/**
  * Runs `fn`, retrying transient connection errors with jittered backoff.
- * Anything else fails at once as QueryError; exhausted retries as DatabaseUnavailableError.
+ * Permanent errors (toPermanent) fail at once as PermanentError/NotMigratedError;
+ * other errors at once as QueryError (with the SQLSTATE); transient ones that
+ * outlast the retries as DatabaseUnavailableError.
  */
 export async function withRetry<T>(fn: () => Promise<T>, options: RetryOptions = DEFAULT_RETRY): Promise<T> {
   try {
     return await pRetry(fn, {
-      shouldRetry: ({ error }) => isTransient(error),
+      // p-retry calls onFailedAttempt for every failure, retried or not, so
+      // retries are reported from here, where the decision is made.
+      shouldRetry: ({ error, attemptNumber }) => {
+        if (!isTransient(error)) return false;
+        options.onRetry?.(error, attemptNumber);
+        return true;
+      },
       retries: options.retries,
       minTimeout: options.minTimeoutMs,
       maxTimeout: options.maxTimeoutMs,
       randomize: true,
       signal: options.signal,
-      onFailedAttempt: ({ error, attemptNumber, retriesLeft }) => {
-        if (retriesLeft > 0) options.onRetry?.(error, attemptNumber);
-      },
     });
   } catch (err) {
-    if (err instanceof MemorySyncError) throw err;
-    if (options.signal?.aborted) {
-      throw new DatabaseUnavailableError('stopped retrying: shutting down', { cause: err });
-    }
-    const message = err instanceof Error ? err.message : String(err);
-    if (isTransient(err)) {
-      throw new DatabaseUnavailableError(`database unavailable after ${options.retries + 1} attempts: ${message}`, {
-        cause: err,
-      });
-    }
-    throw new QueryError(message, sqlState(err), { cause: err });
+    throw toTypedError(err, options);
   }
+}
+
+function toTypedError(err: unknown, options: RetryOptions): MemorySyncError {
+  if (err instanceof MemorySyncError) return err;
+  const permanent = toPermanent(err);
+  if (permanent) return permanent;
+  const server = serverError(err);
+  const message = server?.message ?? (err instanceof Error ? err.message : String(err));
+  if (options.signal?.aborted) return new DatabaseUnavailableError('stopped retrying: shutting down', { cause: err });
+  if (isTransient(err)) {
+    return new DatabaseUnavailableError(`database unavailable after ${options.retries + 1} attempts: ${message}`, { cause: err });
+  }
+  return new QueryError(message, server?.sqlState, { cause: err });
 }
