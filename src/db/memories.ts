@@ -1,8 +1,10 @@
 import pg from 'pg';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import type { PGliteInterface } from '@electric-sql/pglite';
 import { to as copyTo } from 'pg-copy-streams';
 import pgvector from 'pgvector';
 import { EMBEDDING_DIMENSION } from '../embedding.js';
+import { toDatabase, type Database, type Queryable } from './queryable.js';
 
 /** One memory row as the hot set and search results need it. */
 export interface MemoryRow {
@@ -28,30 +30,34 @@ export interface SimilarMemory {
 // vector_send(embedding) is pgvector's binary form (int16 dim, int16 unused,
 // float4 big-endian...) as bytea: hex on the wire, decoded natively by
 // Buffer.from(hex), with no float-by-float text parsing.
-const COLUMNS = 'id, "personalityId", "channelId", content, "createdAt", metadata, vector_send(embedding)';
+const COLUMNS = 'id, "personalityId", "channelId", content, "createdAt", metadata, vector_send(embedding) AS embedding';
 
-type RawRow = [string, string, string, string, Date, unknown, Buffer];
+interface RawRow {
+  id: string;
+  personalityId: string;
+  channelId: string;
+  content: string;
+  createdAt: Date;
+  metadata: unknown;
+  embedding: Buffer;
+}
 
 function decodeRow(r: RawRow): MemoryRow {
   const embedding = new Float32Array(EMBEDDING_DIMENSION);
-  readVector(r[6], 0, embedding);
-  return {
-    id: r[0],
-    personalityId: r[1],
-    channelId: r[2],
-    content: r[3],
-    createdAt: r[4],
-    metadata: r[5],
-    embedding,
-  };
+  readVector(r.embedding, 0, embedding);
+  return { ...r, embedding };
 }
-
-type Queryable = Pick<pg.Pool, 'query'>;
 
 /** pgvector's text form; float32 values print exactly as pgvector parses them back. */
 const toVector = (v: Float32Array): string => pgvector.toSql(Array.from(v)) as string;
 
 const ROWS_PER_YIELD = 256;
+/**
+ * Rows per COPY on PGlite. A PGlite query runs to completion on the event
+ * loop and its result is materialized: 1,000 rows is ~6 MB and ~50 ms, where
+ * a 20,000-row set in one COPY would hold the loop for a second.
+ */
+export const PGLITE_COPY_PAGE_ROWS = 1_000;
 const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 const PG_EPOCH_MS = Date.UTC(2000, 0, 1);
 
@@ -74,11 +80,30 @@ function readVector(b: Buffer, at: number, dst: Float32Array): void {
   readFloatsBE(b, at + 4, dst);
 }
 
-/** Parses COPY BINARY tuples of (id, channelId, content, createdAt, metadata, embedding). */
-function parseTuple(b: Buffer, at: number, end: number, personalityId: string, scratch: Float32Array): [MemoryRow, number] | null {
+/** Offset of the first tuple, or null when the header is not complete yet. */
+function copyHeaderEnd(b: Buffer): number | null {
+  if (b.length < 19) return null;
+  if (!b.subarray(0, 11).equals(COPY_SIGNATURE)) throw new Error('not a COPY BINARY stream');
+  return 19 + b.readInt32BE(15); // signature, flags, header extension
+}
+
+const TRAILER = 'trailer' as const;
+
+/**
+ * One COPY BINARY tuple of (id, channelId, content, createdAt, metadata,
+ * embedding) at `at`: the row and the next offset, TRAILER at the end of the
+ * data, or null when the tuple is not complete in `b` yet.
+ */
+function parseTuple(
+  b: Buffer,
+  at: number,
+  personalityId: string,
+  scratch: Float32Array,
+): [MemoryRow, number] | typeof TRAILER | null {
+  const end = b.length;
   if (at + 2 > end) return null;
   const fields = b.readInt16BE(at);
-  if (fields === -1) return null; // trailer
+  if (fields === -1) return TRAILER;
   let p = at + 2;
   const cols: Array<[number, number]> = [];
   for (let i = 0; i < fields; i++) {
@@ -104,6 +129,17 @@ function parseTuple(b: Buffer, at: number, end: number, personalityId: string, s
   return [row, p];
 }
 
+/** The SELECT both COPY paths run; `after` continues a keyset page. */
+function copySelect(personalityId: string, limit: number, after?: { createdAt: Date; id: string }): string {
+  const keyset = after
+    ? ` AND ("createdAt" < ${pg.escapeLiteral(after.createdAt.toISOString())}::timestamptz
+            OR ("createdAt" = ${pg.escapeLiteral(after.createdAt.toISOString())}::timestamptz AND id > ${pg.escapeLiteral(after.id)}::uuid))`
+    : '';
+  return `SELECT id, "channelId", content, "createdAt", metadata, embedding FROM memories
+          WHERE "personalityId" = ${pg.escapeLiteral(personalityId)}${keyset}
+          ORDER BY "createdAt" DESC, id LIMIT ${Math.floor(limit)}`;
+}
+
 /** Rows a load would transfer, capped at `limit` (index-only on the btree). */
 export async function countPersonalityMemories(db: Queryable, personalityId: string, limit: number): Promise<number> {
   const r = await db.query<{ n: number }>(
@@ -114,11 +150,27 @@ export async function countPersonalityMemories(db: Queryable, personalityId: str
 }
 
 /**
- * Streams every memory of a personality, newest first, through COPY BINARY:
- * 6 KB per 1536-dim vector on the wire, no text encoding either side. `onRow`
- * gets a row whose embedding buffer is reused; return false to stop early.
+ * Streams every memory of a personality (at most `limit`), newest first, in
+ * COPY's binary form: 6 KB per 1536-dim vector, no text encoding either side.
+ * On PostgreSQL one COPY ... TO STDOUT streams over a pooled connection; on
+ * PGlite keyset pages are copied to /dev/blob (its COPY TO STDOUT returns
+ * nothing). `onRow` gets a row whose embedding buffer is reused; return false
+ * to stop early.
  */
 export async function streamPersonalityMemories(
+  db: pg.Pool | Database,
+  personalityId: string,
+  limit: number,
+  onRow: (row: MemoryRow) => boolean,
+  signal?: AbortSignal,
+): Promise<number> {
+  const d = toDatabase(db);
+  return d.backend === 'postgres'
+    ? streamOverCopy(d.pool, personalityId, limit, onRow, signal)
+    : streamOverBlob(d.pglite, personalityId, limit, onRow, signal);
+}
+
+async function streamOverCopy(
   pool: pg.Pool,
   personalityId: string,
   limit: number,
@@ -132,14 +184,9 @@ export async function streamPersonalityMemories(
   const onError = (err: Error) => (lost = err);
   client.on('error', onError);
   let broken = false;
+  let stream: ReturnType<typeof copyTo> | undefined;
   try {
-    const stream = client.query(
-      copyTo(
-        `COPY (SELECT id, "channelId", content, "createdAt", metadata, embedding FROM memories
-               WHERE "personalityId" = ${pg.escapeLiteral(personalityId)}
-               ORDER BY "createdAt" DESC, id LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`,
-      ),
-    );
+    stream = client.query(copyTo(`COPY (${copySelect(personalityId, limit)}) TO STDOUT (FORMAT binary)`));
     const scratch = new Float32Array(EMBEDDING_DIMENSION);
     let pending: Buffer | undefined;
     let header = false;
@@ -154,15 +201,15 @@ export async function streamPersonalityMemories(
       const b: Buffer = pending ? Buffer.concat([pending, chunk]) : chunk;
       let at = 0;
       if (!header) {
-        if (b.length < 19) {
+        const start = copyHeaderEnd(b);
+        if (start === null) {
           pending = b;
           continue;
         }
-        if (!b.subarray(0, 11).equals(COPY_SIGNATURE)) throw new Error('not a COPY BINARY stream');
-        at = 19 + b.readInt32BE(15); // signature, flags, header extension
+        at = start;
         header = true;
       }
-      for (let t = parseTuple(b, at, b.length, personalityId, scratch); t; t = parseTuple(b, at, b.length, personalityId, scratch)) {
+      for (let t = parseTuple(b, at, personalityId, scratch); t && t !== TRAILER; t = parseTuple(b, at, personalityId, scratch)) {
         at = t[1];
         rows++;
         if (!onRow(t[0])) {
@@ -184,20 +231,56 @@ export async function streamPersonalityMemories(
     broken = true;
     throw lost ?? err;
   } finally {
+    // pg arms the pool's query_timeout for the COPY and clears it only in the
+    // query's callback, which pg-copy-streams never calls: call it, or the
+    // timer keeps the process alive for query_timeout after close (issue 12).
+    (stream as { callback?: () => void } | undefined)?.callback?.();
     client.off('error', onError);
     // A COPY cut short (or failed) leaves the connection mid-protocol: discard it.
     client.release(broken);
   }
 }
 
+async function streamOverBlob(
+  pglite: PGliteInterface,
+  personalityId: string,
+  limit: number,
+  onRow: (row: MemoryRow) => boolean,
+  signal?: AbortSignal,
+): Promise<number> {
+  const scratch = new Float32Array(EMBEDDING_DIMENSION);
+  let rows = 0;
+  let after: { createdAt: Date; id: string } | undefined;
+  while (rows < limit) {
+    if (signal?.aborted) return rows;
+    const want = Math.min(PGLITE_COPY_PAGE_ROWS, Math.floor(limit) - rows);
+    const res = await pglite.query(`COPY (${copySelect(personalityId, want, after)}) TO '/dev/blob' (FORMAT binary)`);
+    if (!res.blob) throw new Error('COPY TO /dev/blob returned no data');
+    const b = Buffer.from(await res.blob.arrayBuffer());
+    let at = copyHeaderEnd(b);
+    if (at === null) throw new Error('COPY TO /dev/blob returned a truncated header');
+    let got = 0;
+    for (;;) {
+      const t = parseTuple(b, at, personalityId, scratch);
+      if (t === TRAILER) break;
+      if (t === null) throw new Error('COPY TO /dev/blob returned a truncated tuple');
+      at = t[1];
+      rows++;
+      got++;
+      after = { createdAt: t[0].createdAt, id: t[0].id };
+      if (!onRow(t[0])) return rows;
+      if (signal?.aborted) return rows;
+    }
+    if (got < want) break;
+    await yieldToLoop();
+  }
+  return rows;
+}
+
 /** Current state of the given rows; absent ids were deleted. */
 export async function fetchMemoriesByIds(db: Queryable, ids: string[]): Promise<MemoryRow[]> {
   if (ids.length === 0) return [];
-  const res = await db.query<RawRow>({
-    text: `SELECT ${COLUMNS} FROM memories WHERE id = ANY($1::uuid[])`,
-    values: [`{${ids.join(',')}}`],
-    rowMode: 'array',
-  });
+  const res = await db.query<RawRow>(`SELECT ${COLUMNS} FROM memories WHERE id = ANY($1::uuid[])`, [ids]);
   return res.rows.map(decodeRow);
 }
 
@@ -211,9 +294,9 @@ export interface SearchQuery {
 
 /**
  * pgvector search: `<=>` is cosine distance, the operator a vector_cosine_ops
- * index serves. Iterative scans (pool session settings) keep probing until
- * LIMIT rows pass the filter; the outer ORDER BY restores exact order, which
- * relaxed_order does not promise.
+ * index serves. Iterative scans (session settings on both backends) keep
+ * probing until LIMIT rows pass the filter; the outer ORDER BY restores exact
+ * order, which relaxed_order does not promise.
  */
 export async function searchMemories(db: Queryable, q: SearchQuery): Promise<SimilarMemory[]> {
   const values: unknown[] = [toVector(q.embedding), q.personalityId, q.limit];

@@ -1,0 +1,83 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, createMigratedDatabase, insertPersonality, ROOT, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
+
+// Issue 12, defect 4: the COPY's query_timeout timer outlived the stream, so a
+// process that had loaded a hot set lived on for query_timeout after close().
+
+let db: TestDb;
+let pid: string;
+
+beforeAll(async () => {
+  db = await createMigratedDatabase();
+  const c = await connect(db.url);
+  try {
+    pid = await insertPersonality(c, 'exit');
+    const rows = seededVectors(7, 50).map((v, i) => ({ t: `m${i}`, e: vectorLiteral(v) }));
+    await c.query(
+      `INSERT INTO memories ("personalityId", "channelId", content, embedding)
+       SELECT $1, 'c', r->>'t', (r->>'e')::vector FROM jsonb_array_elements($2::jsonb) r`,
+      [pid, JSON.stringify(rows)],
+    );
+  } finally {
+    await c.end();
+  }
+});
+
+afterAll(async () => {
+  await db?.drop();
+});
+
+/** Runs `body` in a fresh Node process; resolves with its output and the ms between "closed" and exit. */
+async function runChild(body: string): Promise<{ code: number | null; lines: string[]; exitAfterCloseMs: number }> {
+  const script = `
+    import pg from 'pg';
+    import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
+    const pool = new pg.Pool({ connectionString: ${JSON.stringify(db.url)}, max: 1, query_timeout: 30000 });
+    ${body}
+    await pool.end();
+    console.log('closed');
+  `;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const lines: string[] = [];
+  let closedAt = 0;
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    lines.push(line);
+    if (line === 'closed') closedAt = performance.now();
+  });
+  // A hung child must fail the test, not hold it for the 30 s query timeout.
+  const guard = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(guard);
+  if (code !== 0) throw new Error(`child exited with ${code}: ${stderr}`);
+  expect(closedAt).toBeGreaterThan(0);
+  return { code, lines, exitAfterCloseMs: performance.now() - closedAt };
+}
+
+describe('streamPersonalityMemories on a pg.Pool', () => {
+  it('a process that streamed a full set exits by itself within 2 s of pool.end()', async () => {
+    const r = await runChild(`
+      let n = 0;
+      console.log('rows ' + await streamPersonalityMemories(pool, ${JSON.stringify(pid)}, 1000, () => (++n, true)));
+    `);
+    expect(r.lines[0]).toBe('rows 50');
+    expect(r.exitAfterCloseMs).toBeLessThan(2_000);
+  });
+
+  it('a process that stopped a stream early exits by itself within 2 s of pool.end()', async () => {
+    const r = await runChild(`
+      let n = 0;
+      console.log('rows ' + await streamPersonalityMemories(pool, ${JSON.stringify(pid)}, 1000, () => ++n < 3));
+      console.log('after ' + (await pool.query('SELECT 1 AS ok')).rows[0].ok);
+    `);
+    expect(r.lines.slice(0, 2)).toEqual(['rows 3', 'after 1']);
+    expect(r.exitAfterCloseMs).toBeLessThan(2_000);
+  });
+});
