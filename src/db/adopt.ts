@@ -1,0 +1,315 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
+import { z } from 'zod';
+import { PermanentError } from '../errors.js';
+import { parseInput } from '../validation/parse.js';
+import { postgresUrl } from '../validation/primitives.js';
+import { PROTECTED_INDEXES } from './check-migrations.js';
+import { withShadowDatabase } from './create-migration.js';
+import { loadMigrationList, migrate, MIGRATE_LOCK_KEY } from './migrate.js';
+import { openSchemaEngine } from './schema-engine.js';
+
+/**
+ * The existing tables cannot serve memory-sync as they are. `problems` names
+ * each missing table or column and each type, nullability, default or key
+ * mismatch; nothing was changed in the database.
+ */
+export class IncompatibleSchemaError extends PermanentError {
+  override readonly name = 'IncompatibleSchemaError';
+  constructor(readonly problems: string[]) {
+    super(`the database cannot be adopted as it is (nothing was changed):\n${problems.map((p) => `  - ${p}`).join('\n')}`, undefined);
+  }
+}
+
+export interface ColumnShape {
+  name: string;
+  /** format_type() spelling: "uuid", "timestamp(3) with time zone", "vector(1536)". */
+  type: string;
+  notNull: boolean;
+  hasDefault: boolean;
+}
+
+export interface TableShape {
+  name: string;
+  columns: ColumnShape[];
+  /** Primary key columns in key order; empty when there is none. */
+  primaryKey: string[];
+}
+
+// Tables memory-sync inserts rows into (insertMemory in src/db/memories.ts);
+// the others it only reads, and deletes from. An insert needs every column it
+// leaves out to have a default or allow NULL.
+const INSERTED_TABLES = new Set(['memories']);
+
+const TABLES_SQL = `
+  SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
+         a.attnotnull AS "notNull", a.atthasdef AS "hasDefault"
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+   WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+     AND a.attnum > 0 AND NOT a.attisdropped
+   ORDER BY c.relname, a.attnum`;
+
+const KEYS_SQL = `
+  SELECT c.relname AS table, array_agg(a.attname::text ORDER BY k.ord) AS columns
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indrelid
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+   WHERE i.indisprimary AND c.relnamespace = current_schema()::regnamespace
+   GROUP BY c.relname`;
+
+/** The tables of the connection's current schema, as the catalog has them. */
+export async function describeTables(c: pg.ClientBase): Promise<Map<string, TableShape>> {
+  const tables = new Map<string, TableShape>();
+  const cols = await c.query<ColumnShape & { table: string; column: string }>(TABLES_SQL);
+  for (const r of cols.rows) {
+    let t = tables.get(r.table);
+    if (!t) tables.set(r.table, (t = { name: r.table, columns: [], primaryKey: [] }));
+    t.columns.push({ name: r.column, type: r.type, notNull: r.notNull, hasDefault: r.hasDefault });
+  }
+  const keys = await c.query<{ table: string; columns: string[] }>(KEYS_SQL);
+  for (const r of keys.rows) {
+    const t = tables.get(r.table);
+    if (t) t.primaryKey = r.columns;
+  }
+  return tables;
+}
+
+export interface RequirementOptions {
+  /** memory-sync's migrations: the one source of what the tables must look like. */
+  migrationsDir: string;
+  schemaPath: string;
+  /** Server for the temporary scratch database (CREATEDB privilege). */
+  databaseUrl?: string;
+  /** An empty database to use instead of a temporary one; emptied again after use. */
+  shadowDatabaseUrl?: string;
+  log?: (line: string) => void;
+}
+
+/**
+ * What the triggers and the engine need, derived from the migrations rather
+ * than listed by hand: they are applied to an empty scratch database and its
+ * catalog is read back (every table but `_prisma_migrations`).
+ */
+export async function requiredTables(options: RequirementOptions): Promise<TableShape[]> {
+  return withShadowDatabase(options, async (url) => {
+    await migrate({ databaseUrl: url, migrationsDir: options.migrationsDir, schemaPath: options.schemaPath });
+    const c = new pg.Client({ connectionString: url });
+    c.on('error', () => {});
+    await c.connect();
+    try {
+      const tables = await describeTables(c);
+      tables.delete('_prisma_migrations');
+      return [...tables.values()];
+    } finally {
+      await c.end().catch(() => {});
+    }
+  });
+}
+
+const q = (s: string) => `"${s.replace(/"/g, '""')}"`;
+const spell = (c: ColumnShape) => `${c.type}${c.notNull ? ' NOT NULL' : ''}`;
+
+/**
+ * Every way the existing tables fall short of the requirements, one line each.
+ * Extra tables and columns are fine, except a NOT NULL column without a
+ * default in a table memory-sync inserts into.
+ */
+export function compareTables(required: TableShape[], existing: Map<string, TableShape>): string[] {
+  const problems: string[] = [];
+  for (const want of required) {
+    const have = existing.get(want.name);
+    if (!have) {
+      problems.push(`table ${q(want.name)} is missing`);
+      continue;
+    }
+    const inserted = INSERTED_TABLES.has(want.name);
+    const byName = new Map(have.columns.map((c) => [c.name, c]));
+    for (const w of want.columns) {
+      const h = byName.get(w.name);
+      const col = `column ${q(want.name)}.${q(w.name)}`;
+      if (!h) {
+        problems.push(`${col} is missing (memory-sync needs ${spell(w)})`);
+        continue;
+      }
+      if (h.type !== w.type) problems.push(`${col} is ${h.type}, memory-sync needs ${w.type}`);
+      if (w.notNull && !h.notNull) problems.push(`${col} allows NULL, memory-sync reads it as NOT NULL`);
+      if (inserted && !w.notNull && h.notNull) problems.push(`${col} is NOT NULL, memory-sync inserts rows with it NULL`);
+      if (inserted && w.hasDefault && !h.hasDefault) problems.push(`${col} has no default, memory-sync inserts rows relying on one`);
+    }
+    if (inserted) {
+      const known = new Set(want.columns.map((c) => c.name));
+      for (const h of have.columns) {
+        if (!known.has(h.name) && h.notNull && !h.hasDefault) {
+          problems.push(`column ${q(want.name)}.${q(h.name)} is NOT NULL without a default, memory-sync inserts rows without it`);
+        }
+      }
+    }
+    if (want.primaryKey.join(',') !== have.primaryKey.join(',')) {
+      const key = (k: string[]) => `(${k.map(q).join(', ')})`;
+      problems.push(
+        have.primaryKey.length
+          ? `table ${q(want.name)} has primary key ${key(have.primaryKey)}, memory-sync needs ${key(want.primaryKey)}`
+          : `table ${q(want.name)} has no primary key, memory-sync needs ${key(want.primaryKey)}`,
+      );
+    }
+  }
+  if (required.length && required.every((t) => !existing.has(t.name))) {
+    problems.push('none of the tables exist: on a database without them, run `memory-sync migrate` instead');
+  }
+  return problems;
+}
+
+export interface AdoptOptions {
+  /** The existing database. */
+  databaseUrl: string;
+  /** memory-sync's migrations, recorded as applied. */
+  migrationsDir: string;
+  /** memory-sync's Prisma schema (the engine needs one to start). */
+  schemaPath: string;
+  /** memory-sync's canonical SQL (000_extension, 010_notify, 020_vector_index). */
+  sqlDir: string;
+  /**
+   * An empty database to derive the requirements in, instead of a temporary
+   * one created next to `databaseUrl`; emptied again after use.
+   * @defaultValue undefined: a temporary database (needs CREATEDB)
+   */
+  shadowDatabaseUrl?: string;
+  /**
+   * lock_timeout for the trigger DDL: CREATE TRIGGER queues behind a long
+   * transaction on the table, and every query on it would queue behind the DDL.
+   * Failing fast leaves nothing half-done; run adopt again.
+   * @defaultValue 5000 ms
+   */
+  lockTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface AdoptResult {
+  /** Migrations recorded as applied by this run, as `prisma migrate resolve --applied` does. */
+  recorded: string[];
+  /** Migrations that were already recorded. */
+  alreadyRecorded: string[];
+  /** What happened to the vector index. */
+  vectorIndex: 'created' | 'present' | 'rebuilt';
+}
+
+const adoptSchema = z.object({
+  databaseUrl: postgresUrl,
+  shadowDatabaseUrl: postgresUrl.optional(),
+  migrationsDir: z.string().min(1),
+  schemaPath: z.string().min(1),
+  sqlDir: z.string().min(1),
+  lockTimeoutMs: z.number().int().min(0).max(2_147_483_647).default(5_000),
+});
+
+const VECTOR_INDEX = PROTECTED_INDEXES[0]!;
+
+/** sql/020_vector_index.sql's statement, built CONCURRENTLY so writers are not blocked. */
+function concurrentIndexStatement(sql: string): string {
+  const statement = sql.replace(/--[^\n]*/g, '').trim().replace(/;\s*$/, '');
+  const concurrent = statement.replace(/^CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\b/i, 'CREATE INDEX CONCURRENTLY IF NOT EXISTS');
+  if (concurrent === statement || concurrent.includes(';')) {
+    throw new Error(`020_vector_index.sql is not one CREATE INDEX IF NOT EXISTS statement`);
+  }
+  return concurrent;
+}
+
+/**
+ * Adopts a database whose tables already exist (created by the bot's own
+ * Prisma project): checks them against memory-sync's migrations, installs the
+ * notify triggers (idempotent) and the vector index (CONCURRENTLY, outside a
+ * transaction), and records memory-sync's migrations as applied with the
+ * engine's markMigrationApplied, the call behind `prisma migrate resolve
+ * --applied`. Throws IncompatibleSchemaError, having changed nothing, when the
+ * tables do not fit.
+ */
+export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
+  const o = parseInput(adoptSchema, {
+    databaseUrl: options.databaseUrl,
+    shadowDatabaseUrl: options.shadowDatabaseUrl,
+    migrationsDir: options.migrationsDir,
+    schemaPath: options.schemaPath,
+    sqlDir: options.sqlDir,
+    lockTimeoutMs: options.lockTimeoutMs,
+  });
+  const log = options.log ?? (() => {});
+  const [extensionSql, notifySql, indexSql] = await Promise.all(
+    ['000_extension.sql', '010_notify.sql', '020_vector_index.sql'].map((f) => readFile(join(o.sqlDir, f), 'utf8')),
+  );
+  const createIndex = concurrentIndexStatement(indexSql!);
+  const required = await requiredTables({ ...o, log });
+  const migrationsList = await loadMigrationList(o.migrationsDir);
+
+  const c = new pg.Client({ connectionString: o.databaseUrl, application_name: 'memory-sync adopt' });
+  c.on('error', () => {}); // a lost connection surfaces as a query error
+  await c.connect();
+  try {
+    // Serialize with `memory-sync migrate` and a second adopt.
+    await c.query('SELECT pg_advisory_lock($1)', [MIGRATE_LOCK_KEY]);
+    const problems = compareTables(required, await describeTables(c));
+    const recorded = await recordedMigrations(c);
+    for (const d of migrationsList.migrationDirectories) {
+      const r = recorded.get(d.path);
+      if (r && d.migrationFile.content.tag === 'ok' && r !== sha256(d.migrationFile.content.value)) {
+        problems.push(`migration ${d.path} is recorded with a different checksum: it was edited after being applied`);
+      }
+    }
+    if (problems.length) throw new IncompatibleSchemaError(problems);
+
+    await c.query(`SET lock_timeout = ${o.lockTimeoutMs}`);
+    await c.query(extensionSql!);
+    await c.query(notifySql!); // one simple-protocol query: one implicit transaction
+    log('notify triggers installed on personalities, llm_configs, memories');
+
+    await c.query('SET lock_timeout = 0'); // CONCURRENTLY waits for older transactions by design
+    const vectorIndex = await ensureVectorIndex(c, createIndex);
+    log(`${VECTOR_INDEX}: ${vectorIndex}`);
+
+    const pending = migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name));
+    if (pending.length) {
+      const schema = { path: o.schemaPath, content: await readFile(o.schemaPath, 'utf8') };
+      const handle = await openSchemaEngine(o.databaseUrl, schema, log);
+      try {
+        for (const migrationName of pending) {
+          await handle.engine.markMigrationApplied({ migrationName, migrationsList });
+        }
+      } finally {
+        await handle.close();
+      }
+    }
+    return { recorded: pending, alreadyRecorded: [...recorded.keys()].filter((n) => migrationsList.migrationDirectories.some((d) => d.path === n)), vectorIndex };
+  } finally {
+    await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
+    await c.end().catch(() => {});
+  }
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** Finished, not rolled back migrations and their checksums; empty without the table. */
+async function recordedMigrations(c: pg.Client): Promise<Map<string, string>> {
+  const exists = await c.query(`SELECT to_regclass('_prisma_migrations') IS NOT NULL AS ok`);
+  if (!exists.rows[0]?.ok) return new Map();
+  const r = await c.query<{ migration_name: string; checksum: string }>(
+    'SELECT migration_name, checksum FROM _prisma_migrations WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL',
+  );
+  return new Map(r.rows.map((row) => [row.migration_name, row.checksum]));
+}
+
+async function ensureVectorIndex(c: pg.Client, createIndex: string): Promise<AdoptResult['vectorIndex']> {
+  const found = await c.query<{ valid: boolean }>(
+    `SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+      WHERE x.relname = $1 AND x.relnamespace = current_schema()::regnamespace`,
+    [VECTOR_INDEX],
+  );
+  if (found.rows[0]?.valid) return 'present';
+  // An invalid index is what an interrupted CONCURRENTLY build leaves behind.
+  if (found.rows[0]) await c.query(`DROP INDEX CONCURRENTLY IF EXISTS ${VECTOR_INDEX}`);
+  await c.query(createIndex);
+  return found.rows[0] ? 'rebuilt' : 'created';
+}

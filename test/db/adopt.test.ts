@@ -1,0 +1,263 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adopt, compareTables, IncompatibleSchemaError, type TableShape } from '../../src/db/adopt.js';
+import { migrate } from '../../src/db/migrate.js';
+import {
+  MIGRATIONS_DIR,
+  ROOT,
+  SCHEMA_PATH,
+  connect,
+  createDatabase,
+  createMigratedDatabase,
+  seededVectors,
+  vectorLiteral,
+  type TestDb,
+} from '../helpers/db.js';
+import { NotificationRecorder } from '../helpers/notifications.js';
+
+const OURS = readdirSync(MIGRATIONS_DIR, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+const SQL_DIR = join(ROOT, 'sql');
+const opts = (url: string) => ({ databaseUrl: url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH, sqlDir: SQL_DIR });
+
+// The bot's tables as its own Prisma project made them: memory-sync's tables
+// (the init migration up to the triggers) plus its own columns and tables.
+const INIT = readFileSync(join(MIGRATIONS_DIR, '20261124000000_init', 'migration.sql'), 'utf8');
+const TABLES = INIT.slice(0, INIT.indexOf('-- sql/010_notify.sql'));
+const BOT_EXTRAS = `
+ALTER TABLE "personalities" ADD COLUMN "avatarUrl" TEXT NOT NULL DEFAULT '', ADD COLUMN "ownerId" TEXT;
+ALTER TABLE "memories" ADD COLUMN "importance" INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE "guild_settings" ("id" SERIAL PRIMARY KEY, "guildId" TEXT NOT NULL, "prefix" TEXT NOT NULL);
+`;
+
+/** A database made by the bot's Prisma migrations (so `_prisma_migrations` holds the bot's row). */
+async function botDatabase(sql: string): Promise<TestDb> {
+  const dir = mkdtempSync(join(tmpdir(), 'ms-bot-'));
+  mkdirSync(join(dir, '20250101000000_bot_init'));
+  writeFileSync(join(dir, '20250101000000_bot_init', 'migration.sql'), sql);
+  writeFileSync(join(dir, 'migration_lock.toml'), readFileSync(join(MIGRATIONS_DIR, 'migration_lock.toml')));
+  const db = await createDatabase('ms_adopt');
+  await migrate({ databaseUrl: db.url, migrationsDir: dir, schemaPath: SCHEMA_PATH });
+  return db;
+}
+
+/** Everything adopt could touch: relations, columns, triggers, functions, indexes, extensions, migration rows. */
+async function catalog(url: string): Promise<string> {
+  const c = await connect(url);
+  try {
+    const r = await c.query<{ x: string }>(`
+      SELECT x FROM (
+        SELECT 'class ' || relname || ' ' || relkind::text AS x FROM pg_class WHERE relnamespace = 'public'::regnamespace
+        UNION ALL
+        SELECT 'column ' || attrelid::regclass || '.' || attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull
+          FROM pg_attribute WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace) AND attnum > 0
+        UNION ALL
+        SELECT 'trigger ' || tgrelid::regclass || ' ' || tgname || ' ' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
+        UNION ALL
+        SELECT 'function ' || oid::regprocedure || ' ' || md5(prosrc) FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+        UNION ALL
+        SELECT 'index ' || pg_get_indexdef(indexrelid) || ' ' || indisvalid FROM pg_index
+         WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)
+        UNION ALL
+        SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension
+      ) s ORDER BY x`);
+    const rows = await c.query(`SELECT to_jsonb(m) AS m FROM _prisma_migrations m ORDER BY migration_name`).catch(() => ({ rows: [] }));
+    return [...r.rows.map((row) => row.x), ...rows.rows.map((row) => JSON.stringify(row.m))].join('\n');
+  } finally {
+    await c.end();
+  }
+}
+
+/** memory-sync's own objects (triggers, notify function, vector index), as defined in the catalog. */
+async function memorySyncObjects(url: string): Promise<string[]> {
+  const c = await connect(url);
+  try {
+    const r = await c.query<{ x: string }>(`
+      SELECT x FROM (
+        SELECT pg_get_triggerdef(oid) || ' ' || tgenabled::text AS x FROM pg_trigger WHERE tgname LIKE 'memory_sync_%'
+        UNION ALL
+        SELECT 'function ' || md5(prosrc) FROM pg_proc WHERE proname = 'memory_sync_notify'
+        UNION ALL
+        SELECT pg_get_indexdef(indexrelid) || ' ' || indisvalid FROM pg_index WHERE indexrelid = to_regclass('idx_memories_embedding')
+      ) s ORDER BY x`);
+    return r.rows.map((row) => row.x);
+  } finally {
+    await c.end();
+  }
+}
+
+describe('adopt: a database whose tables the bot already made', () => {
+  let bot: TestDb;
+  let reference: TestDb;
+  let personalityId: string;
+
+  beforeAll(async () => {
+    [bot, reference] = await Promise.all([botDatabase(TABLES + BOT_EXTRAS), createMigratedDatabase('ms_adopt_ref')]);
+    const c = await connect(bot.url);
+    try {
+      const p = await c.query<{ id: string }>(
+        `INSERT INTO personalities (name, "displayName", "systemPrompt", "updatedAt", "avatarUrl") VALUES ('ada', 'Ada', 'You are Ada', now(), 'a.png') RETURNING id`,
+      );
+      personalityId = p.rows[0]!.id;
+      const [v] = seededVectors(7, 1);
+      await c.query(`INSERT INTO memories ("personalityId", "channelId", content, embedding, importance) VALUES ($1, 'c1', 'hello', $2::vector, 3)`, [
+        personalityId,
+        vectorLiteral(v!),
+      ]);
+      await c.query(`INSERT INTO guild_settings ("guildId", prefix) VALUES ('g1', '!')`);
+    } finally {
+      await c.end();
+    }
+  });
+  afterAll(async () => {
+    await Promise.all([bot?.drop(), reference?.drop()]);
+  });
+
+  it('installs triggers and the index, records the migrations, keeps the rows; migrate is then a no-op', async () => {
+    expect(await memorySyncObjects(bot.url)).toEqual([]);
+    const result = await adopt(opts(bot.url));
+    expect(result).toEqual({ recorded: OURS, alreadyRecorded: [], vectorIndex: 'created' });
+
+    // Same triggers, function and index as a database memory-sync migrated itself.
+    expect(await memorySyncObjects(bot.url)).toEqual(await memorySyncObjects(reference.url));
+
+    const c = await connect(bot.url);
+    try {
+      const rows = await c.query(`SELECT (SELECT count(*)::int FROM personalities) AS p, (SELECT count(*)::int FROM memories) AS m,
+        (SELECT "avatarUrl" FROM personalities) AS avatar, (SELECT importance FROM memories) AS importance,
+        (SELECT count(*)::int FROM guild_settings) AS g`);
+      expect(rows.rows[0]).toEqual({ p: 1, m: 1, avatar: 'a.png', importance: 3, g: 1 });
+
+      // As `prisma migrate resolve --applied` writes them (the engine's
+      // markMigrationApplied): the file's checksum, started = finished,
+      // logs '' and no applied steps; the bot's own row untouched.
+      const m = await c.query(
+        'SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs, applied_steps_count FROM _prisma_migrations ORDER BY migration_name',
+      );
+      expect(m.rows.map((r) => r.migration_name)).toEqual(['20250101000000_bot_init', ...OURS]);
+      expect(m.rows[0]).toMatchObject({ logs: null, applied_steps_count: 1, rolled_back_at: null });
+      for (const r of m.rows.slice(1)) {
+        const file = readFileSync(join(MIGRATIONS_DIR, r.migration_name, 'migration.sql'));
+        expect(r.checksum).toBe(createHash('sha256').update(file).digest('hex'));
+        expect(r.finished_at).toEqual(r.started_at);
+        expect(r).toMatchObject({ logs: '', applied_steps_count: 0, rolled_back_at: null });
+      }
+    } finally {
+      await c.end();
+    }
+
+    expect((await migrate({ databaseUrl: bot.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).applied).toEqual([]);
+  });
+
+  it('the triggers then fire on cache_invalidation', async () => {
+    const listener = await connect(bot.url);
+    const writer = await connect(bot.url);
+    try {
+      const recorder = await NotificationRecorder.on(listener);
+      const id = randomUUID();
+      const [v] = seededVectors(8, 1);
+      await writer.query(`INSERT INTO memories (id, "personalityId", "channelId", content, embedding) VALUES ($1, $2, 'c2', 'more', $3::vector)`, [
+        id,
+        personalityId,
+        vectorLiteral(v!),
+      ]);
+      await writer.query(`UPDATE personalities SET "displayName" = 'Ada L.' WHERE id = $1`, [personalityId]);
+      await recorder.settle(writer);
+      const events = recorder.take();
+      expect(events.map((e) => [e.table, e.op])).toEqual([
+        ['memories', 'INSERT'],
+        ['personalities', 'UPDATE'],
+      ]);
+      expect(events[0]).toMatchObject({ ids: [id], personalityIds: [personalityId] });
+    } finally {
+      await Promise.all([listener.end(), writer.end()]);
+    }
+  });
+
+  it('is idempotent', async () => {
+    const before = await catalog(bot.url);
+    expect(await adopt(opts(bot.url))).toEqual({ recorded: [], alreadyRecorded: OURS, vectorIndex: 'present' });
+    expect(await catalog(bot.url)).toBe(before);
+  });
+});
+
+describe('adopt: an incompatible database', () => {
+  let bad: TestDb;
+  let empty: TestDb;
+  beforeAll(async () => {
+    const sql = TABLES.replace(`    "channelId" TEXT NOT NULL,\n    "content" TEXT NOT NULL,\n    "embedding"`, `    "content" TEXT NOT NULL,\n    "embedding"`)
+      .replace(`CREATE INDEX "memories_personalityId_channelId_idx" ON "memories"("personalityId", "channelId");`, '')
+      .replace(`"isActive" BOOLEAN NOT NULL DEFAULT true`, `"isActive" TEXT NOT NULL DEFAULT 'yes'`);
+    expect(sql).not.toContain(`"isActive" BOOLEAN`); // the fixture edits took
+    [bad, empty] = await Promise.all([botDatabase(sql), createDatabase('ms_adopt_empty')]);
+    const c = await connect(bad.url);
+    try {
+      await c.query(`INSERT INTO personalities (name, "displayName", "systemPrompt", "updatedAt") VALUES ('bob', 'Bob', 'You are Bob', now())`);
+    } finally {
+      await c.end();
+    }
+  });
+  afterAll(async () => {
+    await Promise.all([bad?.drop(), empty?.drop()]);
+  });
+
+  it('names every problem and changes nothing', async () => {
+    const before = await catalog(bad.url);
+    const err = await adopt(opts(bad.url)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(IncompatibleSchemaError);
+    expect((err as IncompatibleSchemaError).code).toBe('permanent');
+    expect((err as IncompatibleSchemaError).problems).toEqual([
+      'column "memories"."channelId" is missing (memory-sync needs text NOT NULL)',
+      'column "personalities"."isActive" is text, memory-sync needs boolean',
+    ]);
+    expect((err as Error).message).toContain('nothing was changed');
+    expect(await catalog(bad.url)).toBe(before);
+  });
+
+  it('points a database without the tables to migrate', async () => {
+    const before = await catalog(empty.url);
+    const err = (await adopt(opts(empty.url)).catch((e: unknown) => e)) as IncompatibleSchemaError;
+    expect(err.problems).toContain('table "personalities" is missing');
+    expect(err.problems.at(-1)).toMatch(/run `memory-sync migrate` instead/);
+    expect(await catalog(empty.url)).toBe(before);
+  });
+});
+
+describe('compareTables', () => {
+  const col = (name: string, type: string, notNull = true, hasDefault = false) => ({ name, type, notNull, hasDefault });
+  const required: TableShape[] = [
+    { name: 'memories', columns: [col('id', 'uuid', true, true), col('metadata', 'jsonb', false), col('createdAt', 'timestamp(3) with time zone', true, true)], primaryKey: ['id'] },
+    { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text')], primaryKey: ['id'] },
+  ];
+  const existing = (tables: TableShape[]) => new Map(tables.map((t) => [t.name, t]));
+
+  it('accepts extra nullable or defaulted columns and extra tables', () => {
+    const ok = existing([
+      { ...required[0]!, columns: [...required[0]!.columns, col('importance', 'integer', true, true), col('note', 'text', false)] },
+      { ...required[1]!, columns: [...required[1]!.columns, col('ownerId', 'text', true, false)] },
+      { name: 'other', columns: [col('x', 'text')], primaryKey: [] },
+    ]);
+    expect(compareTables(required, ok)).toEqual([]);
+  });
+
+  it('flags what breaks inserts into memories, NULLs read as NOT NULL and keys', () => {
+    const bad = existing([
+      {
+        name: 'memories',
+        columns: [col('id', 'uuid', true, true), col('metadata', 'jsonb', true), col('createdAt', 'timestamp(3) with time zone', true, false), col('score', 'real', true, false)],
+        primaryKey: [],
+      },
+      { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text', false)], primaryKey: ['name'] },
+    ]);
+    expect(compareTables(required, bad)).toEqual([
+      'column "memories"."metadata" is NOT NULL, memory-sync inserts rows with it NULL',
+      'column "memories"."createdAt" has no default, memory-sync inserts rows relying on one',
+      'column "memories"."score" is NOT NULL without a default, memory-sync inserts rows without it',
+      'table "memories" has no primary key, memory-sync needs ("id")',
+      'column "personalities"."name" allows NULL, memory-sync reads it as NOT NULL',
+      'table "personalities" has primary key ("name"), memory-sync needs ("id")',
+    ]);
+  });
+});
