@@ -1,9 +1,14 @@
-import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { z } from 'zod';
 import { loadConfig } from '../config.js';
+import { adopt } from '../db/adopt.js';
 import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../db/check-migrations.js';
+import { createMigration } from '../db/create-migration.js';
 import { migrate } from '../db/migrate.js';
 import { ConfigError } from '../errors.js';
-import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../paths.js';
+import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../paths.js';
 
 function databaseUrl(): string {
   const url = process.env.DATABASE_URL;
@@ -12,9 +17,23 @@ function databaseUrl(): string {
   return url;
 }
 
+function packageVersion(): string {
+  const pkg = z.object({ version: z.string() }).parse(JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')));
+  return pkg.version;
+}
+
+const shown = (path: string) => relative(process.cwd(), path) || path;
+
+// Same variable as prisma.config.ts's datasource.shadowDatabaseUrl.
+const shadowOption = () =>
+  new Option('--shadow-database-url <url>', 'an empty database to use as shadow instead of a temporary one (emptied after use)').env(
+    'SHADOW_DATABASE_URL',
+  );
+
 function program(out: { code: number }): Command {
   const cli = new Command('memory-sync')
     .description('Keeps bot caches in step with PostgreSQL via LISTEN/NOTIFY; serves memory search.')
+    .version(packageVersion())
     .exitOverride()
     .showHelpAfterError();
 
@@ -36,6 +55,59 @@ function program(out: { code: number }): Command {
     .action(async (o: { migrationsDir: string; schema: string }) => {
       const { applied } = await migrate({ databaseUrl: databaseUrl(), migrationsDir: o.migrationsDir, schemaPath: o.schema });
       console.log(applied.length ? `applied: ${applied.join(', ')}` : 'no pending migrations');
+    });
+
+  cli
+    .command('adopt')
+    .description(
+      "adopt a database whose tables already exist (made by your own Prisma project): check them, install the triggers and the vector index (CONCURRENTLY), record memory-sync's migrations as `prisma migrate resolve --applied` does",
+    )
+    .option('--migrations-dir <dir>', "memory-sync's migrations", DEFAULT_MIGRATIONS_DIR)
+    .option('--schema <file>', "memory-sync's Prisma schema", DEFAULT_SCHEMA_PATH)
+    .addOption(shadowOption())
+    .action(async (o: { migrationsDir: string; schema: string; shadowDatabaseUrl?: string }) => {
+      const result = await adopt({
+        databaseUrl: databaseUrl(),
+        migrationsDir: o.migrationsDir,
+        schemaPath: o.schema,
+        sqlDir: join(PACKAGE_ROOT, 'sql'),
+        ...(o.shadowDatabaseUrl ? { shadowDatabaseUrl: o.shadowDatabaseUrl } : {}),
+      });
+      console.log('tables compatible; notify triggers installed on personalities, llm_configs, memories');
+      console.log(`${PROTECTED_INDEXES[0]}: ${result.vectorIndex}${result.vectorIndex === 'present' ? '' : ' (CREATE INDEX CONCURRENTLY)'}`);
+      if (result.recorded.length) console.log(`recorded as applied: ${result.recorded.join(', ')}`);
+      if (result.alreadyRecorded.length) console.log(`already recorded: ${result.alreadyRecorded.join(', ')}`);
+    });
+
+  cli
+    .command('migration')
+    .description('author migrations')
+    .command('create')
+    .description(
+      'create the next migration from the schema (as `prisma migrate dev --create-only`, through the WASM engine and a shadow database), leaving out drops of protected indexes',
+    )
+    .requiredOption('--name <name>', 'migration name (slugified as Prisma does)')
+    .option('--schema <file>', 'Prisma schema', 'prisma/schema.prisma')
+    .option('--migrations-dir <dir>', 'migrations folder', 'prisma/migrations')
+    .option('--protect <index...>', 'more index names to protect')
+    .addOption(shadowOption())
+    .action(async (o: { name: string; schema: string; migrationsDir: string; protect?: string[]; shadowDatabaseUrl?: string }) => {
+      const url = process.env.DATABASE_URL || undefined;
+      if (!url && !o.shadowDatabaseUrl) {
+        throw new ConfigError('DATABASE_URL', 'is required (the shadow database is created on its server), or pass --shadow-database-url');
+      }
+      const result = await createMigration({
+        name: o.name,
+        schemaPath: o.schema,
+        migrationsDir: o.migrationsDir,
+        protectedIndexes: [...PROTECTED_INDEXES, ...(o.protect ?? [])],
+        ...(url ? { databaseUrl: url } : {}),
+        ...(o.shadowDatabaseUrl ? { shadowDatabaseUrl: o.shadowDatabaseUrl } : {}),
+      });
+      for (const f of result.stripped) {
+        console.log(`left out: ${f.statement} (Prisma cannot declare the pgvector index "${f.index}" and proposes dropping it as drift)`);
+      }
+      console.log(result.path ? `created ${shown(result.path)}` : 'no schema change: nothing written');
     });
 
   cli
