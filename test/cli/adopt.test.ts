@@ -11,7 +11,7 @@ const TABLES = INIT.slice(0, INIT.indexOf('-- sql/010_notify.sql'));
 
 function cli(databaseUrl: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const env = { ...process.env, DATABASE_URL: databaseUrl };
+    const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: databaseUrl };
     delete env.SHADOW_DATABASE_URL;
     const child = spawn(process.execPath, [BIN, ...args], { env });
     let stdout = '';
