@@ -1,0 +1,206 @@
+/**
+ * The embedded backend (PGlite + pgvector, in process) beside PostgreSQL, in
+ * the same run: `npx tsx bench/embedded.ts`, or `benchEmbedded()` from
+ * another bench. Each row has the embedded figure and the PostgreSQL one.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import pg from 'pg';
+import pgvector from 'pgvector';
+import pino from 'pino';
+import { openEmbedded } from '../src/db/embedded.js';
+import { insertMemory, searchMemories, streamPersonalityMemories } from '../src/db/memories.js';
+import { migrate } from '../src/db/migrate.js';
+import { postgresDatabase, type Database } from '../src/db/queryable.js';
+import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../src/paths.js';
+import { EMBEDDING_DIMENSION } from '../src/embedding.js';
+
+export interface EmbeddedBenchRow {
+  figure: string;
+  unit: string;
+  embedded: number;
+  /** The same figure on PostgreSQL 15, or what stands for it (named in `baseline`). */
+  postgres: number;
+  baseline: string;
+}
+
+export interface EmbeddedBenchOptions {
+  /**
+   * Server the PostgreSQL column runs on (a database is created and dropped).
+   * @defaultValue BENCH_DATABASE_URL, TEST_DATABASE_URL, or the local trust-auth server.
+   */
+  adminUrl?: string;
+  /**
+   * Memories of the searched / loaded personality.
+   * @defaultValue 1,000, as issue 8 asks.
+   */
+  vectors?: number;
+  /**
+   * pgvector searches per backend for the percentiles.
+   * @defaultValue 200: enough for a stable p50 on a shared 2-core machine.
+   */
+  searches?: number;
+}
+
+const logger = pino({ level: 'silent' });
+const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+const mb = (bytes: number) => round(bytes / 2 ** 20);
+
+/**
+ * Opens a backend in a fresh Node process and reports that process's RSS:
+ * what `memory-sync start` would hold, without this process's history.
+ */
+function inFreshProcess(open: string): { rss: number; ms: number } {
+  const script = `
+    const t = performance.now();
+    ${open}
+    const ms = performance.now() - t;
+    console.log(JSON.stringify({ rss: process.memoryUsage().rss, ms }));
+    await close();
+  `;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').at(-1)!) as { rss: number; ms: number };
+}
+
+/** Deterministic vectors, the same on both backends. */
+function vectors(seed: number, count: number): Float32Array[] {
+  let s = seed >>> 0 || 1;
+  return Array.from({ length: count }, () => {
+    const v = new Float32Array(EMBEDDING_DIMENSION);
+    for (let i = 0; i < v.length; i++) {
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      v[i] = (s >>> 0) / 0xffffffff - 0.5;
+    }
+    return v;
+  });
+}
+
+async function seed(db: Database, data: Float32Array[]): Promise<{ pid: string; insertMs: number[] }> {
+  const pid = (
+    await db.query<{ id: string }>(
+      `INSERT INTO personalities (name, "displayName", "systemPrompt", "updatedAt") VALUES ('bench', 'Bench', 'p', now()) RETURNING id`,
+    )
+  ).rows[0]!.id;
+  // The first rows one by one, as a bot stores them: the write latency.
+  const insertMs: number[] = [];
+  const single = Math.min(50, data.length);
+  for (let i = 0; i < single; i++) {
+    const t = performance.now();
+    await insertMemory(db, { id: crypto.randomUUID(), personalityId: pid, channelId: `c${i % 4}`, content: `memory ${i}`, embedding: data[i]! });
+    insertMs.push(performance.now() - t);
+  }
+  for (let i = single; i < data.length; i += 250) {
+    await db.query(
+      `INSERT INTO memories ("personalityId", "channelId", content, embedding)
+       SELECT $1, 'c' || (o % 4), 'memory ' || o, e::vector FROM unnest($2::text[]) WITH ORDINALITY AS u(e, o)`,
+      [pid, data.slice(i, i + 250).map((v) => pgvector.toSql(Array.from(v)))],
+    );
+  }
+  // Centroids from the data, as on a database that had rows before the index.
+  await db.query('REINDEX INDEX idx_memories_embedding');
+  await db.query('ANALYZE memories');
+  return { pid, insertMs };
+}
+
+async function searchP50(db: Database, pid: string, queries: Float32Array[]): Promise<{ p50: number; p95: number }> {
+  for (const q of queries.slice(0, 10)) await searchMemories(db, { personalityId: pid, embedding: q, limit: 10 }); // warm
+  const ms: number[] = [];
+  for (const q of queries) {
+    const t = performance.now();
+    await searchMemories(db, { personalityId: pid, embedding: q, limit: 10 });
+    ms.push(performance.now() - t);
+  }
+  return { p50: pct(ms, 50), p95: pct(ms, 95) };
+}
+
+/** Median of 5 full hot-set loads, vectors per second. */
+async function loadRate(db: Database, pid: string, count: number): Promise<number> {
+  const rates: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    const n = await streamPersonalityMemories(db, pid, count + 1, () => true);
+    if (n !== count) throw new Error(`loaded ${n} of ${count}`);
+    rates.push(n / ((performance.now() - t) / 1000));
+  }
+  return pct(rates, 50);
+}
+
+export async function benchEmbedded(options: EmbeddedBenchOptions = {}): Promise<EmbeddedBenchRow[]> {
+  const adminUrl = options.adminUrl ?? process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
+  const count = options.vectors ?? 1_000;
+  const data = vectors(1, count);
+  const queries = vectors(2, options.searches ?? 200);
+  const rows: EmbeddedBenchRow[] = [];
+  const dir = mkdtempSync(join(tmpdir(), 'memory-sync-bench-'));
+  const name = `ms_bench_embedded_${process.pid}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  let pool: pg.Pool | undefined;
+  try {
+    // PostgreSQL: a new database, migrated by the WASM schema engine.
+    const u = new URL(adminUrl);
+    u.pathname = `/${name}`;
+    await admin.query(`DROP DATABASE IF EXISTS "${name}"`);
+    let t = performance.now();
+    await admin.query(`CREATE DATABASE "${name}"`);
+    await migrate({ databaseUrl: u.toString(), migrationsDir: DEFAULT_MIGRATIONS_DIR, schemaPath: DEFAULT_SCHEMA_PATH });
+    const pgCreateMs = performance.now() - t;
+    pool = new pg.Pool({ connectionString: u.toString(), max: 2, options: '-c ivfflat.iterative_scan=relaxed_order -c ivfflat.probes=1' });
+
+    // Start-up, each in a fresh process: a new data directory (initdb +
+    // migrations), a reopen, and a pg.Pool's first query as the baseline.
+    const embeddedModule = JSON.stringify(new URL('../src/db/embedded.js', import.meta.url).href);
+    const openDir = `const { openEmbedded } = await import(${embeddedModule});
+      const pino = (await import('pino')).default;
+      const e = await openEmbedded({ dataDir: ${JSON.stringify(dir)}, logger: pino({ level: 'silent' }) });
+      const close = () => e.close();`;
+    const cold = inFreshProcess(openDir);
+    const reopen = inFreshProcess(openDir);
+    const server = inFreshProcess(`const pg = (await import('pg')).default;
+      const pool = new pg.Pool({ connectionString: ${JSON.stringify(u.toString())} });
+      await pool.query('SELECT 1');
+      const close = () => pool.end();`);
+    rows.push({ figure: 'cold start, new database', unit: 'ms', embedded: round(cold.ms), postgres: round(pgCreateMs), baseline: 'CREATE DATABASE + migrate on the server' });
+    rows.push({ figure: 'reopen / connect', unit: 'ms', embedded: round(reopen.ms), postgres: round(server.ms), baseline: 'pg.Pool first query, fresh process' });
+    rows.push({ figure: 'process RSS after open (new dir)', unit: 'MB', embedded: mb(cold.rss), postgres: mb(server.rss), baseline: 'pg.Pool, fresh process (server not counted)' });
+    rows.push({ figure: 'process RSS after open (reopen)', unit: 'MB', embedded: mb(reopen.rss), postgres: mb(server.rss), baseline: 'pg.Pool, fresh process (server not counted)' });
+
+    const embedded = await openEmbedded({ dataDir: dir, logger });
+    try {
+      const [e, p] = [embedded.queryable, postgresDatabase(pool)];
+      const es = await seed(e, data);
+      const ps = await seed(p, data);
+      rows.push({ figure: 'insertMemory p50', unit: 'ms', embedded: round(pct(es.insertMs, 50), 2), postgres: round(pct(ps.insertMs, 50), 2), baseline: 'same call on PostgreSQL 15' });
+      const esr = await searchP50(e, es.pid, queries);
+      const psr = await searchP50(p, ps.pid, queries);
+      rows.push({ figure: `pgvector search p50 (${count} vectors, limit 10)`, unit: 'ms', embedded: round(esr.p50, 2), postgres: round(psr.p50, 2), baseline: 'same query on PostgreSQL 15' });
+      rows.push({ figure: `pgvector search p95 (${count} vectors, limit 10)`, unit: 'ms', embedded: round(esr.p95, 2), postgres: round(psr.p95, 2), baseline: 'same query on PostgreSQL 15' });
+      rows.push({ figure: 'hot-set load rate', unit: 'vectors/s', embedded: Math.round(await loadRate(e, es.pid, count)), postgres: Math.round(await loadRate(p, ps.pid, count)), baseline: 'COPY TO STDOUT over pg' });
+    } finally {
+      await embedded.close();
+    }
+  } finally {
+    await pool?.end();
+    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name]).catch(() => {});
+    await admin.query(`DROP DATABASE IF EXISTS "${name}"`).catch(() => {});
+    await admin.end();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const rows = await benchEmbedded({ ...(process.env.BENCH_QUICK === '1' ? { searches: 50 } : {}) });
+  const w = Math.max(...rows.map((r) => r.figure.length));
+  console.log(`\nembedded (PGlite + pgvector) beside PostgreSQL, node ${process.version}\n`);
+  console.log(`${'figure'.padEnd(w)}  ${'embedded'.padStart(10)}  ${'postgres'.padStart(10)}  unit        baseline`);
+  for (const r of rows) {
+    console.log(`${r.figure.padEnd(w)}  ${String(r.embedded).padStart(10)}  ${String(r.postgres).padStart(10)}  ${r.unit.padEnd(10)}  ${r.baseline}`);
+  }
+}
