@@ -17,7 +17,7 @@ import { createSidecarClient } from '../src/client/sidecar-client.js';
 import { searchMemories } from '../src/db/memories.js';
 import { migrate } from '../src/db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
-import { kernel } from '../src/search/kernel.js';
+import { kernel } from '../src/cache/hot/kernel.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
 
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
@@ -246,8 +246,8 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
   const iters = QUICK ? 50 : 300;
   const queries = Array.from({ length: 20 }, randomQuery);
   await client.findSimilarMemories({ personalityId: pid, embedding: queries[0]!, limit: 10 });
-  await client.hotSets.settled(pid);
-  if (!client.hotSets.get(pid)) throw new Error(`set of ${size} did not become hot`);
+  await client.core.settled(pid);
+  if (!client.core.isServable(pid)) throw new Error(`set of ${size} did not become hot`);
   const hot: number[] = [];
   const sql: number[] = [];
   const before = client.stats().hotSearches;
@@ -291,9 +291,9 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
 }
 
 async function load(client: MemorySync, url: string, pid: string, size: number): Promise<void> {
-  client.hotSets.drop([pid]);
-  const loaded = new Promise<[number, number]>((r) => client.hotSets.once('loaded', (_p, n, ms) => r([n, ms])));
-  client.hotSets.get(pid);
+  client.core.markPersonalityWritten(pid, true); // drops the set
+  const loaded = new Promise<[number, number]>((r) => client.core.once('loaded', (_p, n, ms) => r([n, ms])));
+  client.core.warm(pid);
   const [n, ms] = await loaded;
   // Baseline: the same rows as pgvector text, parsed float by float.
   const c = new pg.Client({ connectionString: url });

@@ -1,31 +1,71 @@
-/** Base of every error this package throws on purpose. */
-export class MemorySyncError extends Error {}
+/**
+ * Stable error codes. Callers branch on `err.code`, never on the message.
+ * `HTTP_STATUS` is the one mapping from code to HTTP status, used by the
+ * sidecar to answer and by the remote client to rebuild the error.
+ */
+export type ErrorCode =
+  | 'validation'
+  | 'not_found'
+  | 'conflict'
+  | 'unavailable'
+  | 'query'
+  | 'config'
+  | 'permanent'
+  | 'not_migrated'
+  | 'no_route'
+  | 'internal';
 
-/** Input rejected before any database round trip. `field` names the offending input. */
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
+  validation: 400,
+  not_found: 404,
+  conflict: 409,
+  unavailable: 503,
+  query: 500,
+  config: 500,
+  permanent: 503,
+  not_migrated: 503,
+  no_route: 404,
+  internal: 500,
+};
+
+/** Base of every error this package throws on purpose. */
+export class MemorySyncError extends Error {
+  override readonly name: string = 'MemorySyncError';
+  readonly code: ErrorCode = 'internal';
+}
+
+/**
+ * Input rejected before any database round trip. `field` names the offending
+ * input ("embedding[3]", "limit"); `reason` says what is wrong with it; the
+ * message is "<field>: <reason>".
+ */
 export class ValidationError extends MemorySyncError {
   override readonly name = 'ValidationError';
+  override readonly code = 'validation';
   constructor(
     readonly field: string,
-    message: string,
+    readonly reason: string,
   ) {
-    super(`${field}: ${message}`);
+    super(`${field}: ${reason}`);
   }
 }
 
-/** The database could not be reached after every retry. */
+/** The database (or the sidecar) could not be reached after every retry: try again later. */
 export class DatabaseUnavailableError extends MemorySyncError {
   override readonly name = 'DatabaseUnavailableError';
+  override readonly code = 'unavailable';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
   }
 }
 
-/** A query failed for a reason other than connectivity (constraint, syntax, ...). */
+/** A query failed for a reason other than connectivity (constraint, syntax, ...). `sqlState` is the SQLSTATE when known. */
 export class QueryError extends MemorySyncError {
   override readonly name = 'QueryError';
+  override readonly code = 'query';
   constructor(
     message: string,
-    readonly code: string | undefined,
+    readonly sqlState: string | undefined,
     options?: { cause?: unknown },
   ) {
     super(message, options);
@@ -35,15 +75,75 @@ export class QueryError extends MemorySyncError {
 /** A referenced row does not exist (e.g. storing a memory for an unknown personality). */
 export class NotFoundError extends MemorySyncError {
   override readonly name = 'NotFoundError';
+  override readonly code = 'not_found';
 }
 
-/** Configuration value rejected at start-up. `variable` names the environment variable. */
-export class ConfigError extends MemorySyncError {
-  override readonly name = 'ConfigError';
+/** A write collides with an existing row on a unique field (`field` names it, e.g. "name"). */
+export class ConflictError extends MemorySyncError {
+  override readonly name = 'ConflictError';
+  override readonly code = 'conflict';
   constructor(
-    readonly variable: string,
+    readonly field: string,
     message: string,
   ) {
-    super(`${variable}: ${message}`);
+    super(message);
+  }
+}
+
+/** Configuration value rejected at start-up. `variable` names the option or environment variable. */
+export class ConfigError extends MemorySyncError {
+  override readonly name = 'ConfigError';
+  override readonly code = 'config';
+  constructor(
+    readonly variable: string,
+    readonly reason: string,
+  ) {
+    super(`${variable}: ${reason}`);
+  }
+}
+
+/**
+ * Retrying cannot help: wrong database name, bad credentials, missing
+ * privileges. `sqlState` is the server's SQLSTATE; the message says what to fix.
+ */
+export class PermanentError extends MemorySyncError {
+  override readonly name: string = 'PermanentError';
+  override readonly code: ErrorCode = 'permanent';
+  constructor(
+    message: string,
+    readonly sqlState: string | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The database is reachable but memory-sync's tables or triggers are missing. */
+export class NotMigratedError extends PermanentError {
+  override readonly name = 'NotMigratedError';
+  override readonly code = 'not_migrated';
+}
+
+/** Rebuilds the error class from a code, for the remote client. */
+export function errorFromCode(code: string | undefined, message: string, extra: { field?: string; sqlState?: string } = {}): MemorySyncError {
+  switch (code) {
+    case 'validation': {
+      const field = extra.field ?? 'input';
+      return new ValidationError(field, message.startsWith(`${field}: `) ? message.slice(field.length + 2) : message);
+    }
+    case 'not_found':
+      return new NotFoundError(message);
+    case 'conflict':
+      return new ConflictError(extra.field ?? 'input', message);
+    case 'unavailable':
+      return new DatabaseUnavailableError(message);
+    case 'query':
+      return new QueryError(message, extra.sqlState);
+    case 'permanent':
+      return new PermanentError(message, extra.sqlState);
+    case 'not_migrated':
+      return new NotMigratedError(message, extra.sqlState);
+    default:
+      return new MemorySyncError(message);
   }
 }

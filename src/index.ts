@@ -19,8 +19,17 @@ export {
   QueryError,
   NotFoundError,
   ConfigError,
+  ConflictError,
+  PermanentError,
+  NotMigratedError,
+  HTTP_STATUS,
+  type ErrorCode,
 } from './errors.js';
-export { INVALIDATION_CHANNEL, parsePayload, type InvalidationEvent } from './listener/payload.js';
+export { DEFAULTS } from './client/options.js';
+export { CacheCore, type ChangeAction, type ChangeInfo, type SearchOutcome } from './cache/core.js';
+export type { ChangeSource, ChangeSourceEvents, SourceState, UpInfo } from './sources/source.js';
+export { PgListenSource } from './sources/pg-listen.js';
+export { INVALIDATION_CHANNEL, parsePayload, type ChangeEvent, type InvalidationEvent } from './sources/change-event.js';
 export { migrate } from './db/migrate.js';
 export { checkMigrations, PROTECTED_INDEXES } from './db/check-migrations.js';
 export { createSidecarClient, SidecarClient, type SidecarClientOptions } from './client/sidecar-client.js';

@@ -2,34 +2,35 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import pino, { type Logger } from 'pino';
-import { HotSetCache } from '../cache/hot-sets.js';
-import { PersonalityCache } from '../cache/personalities.js';
-import { deleteMemoryById, insertMemory, searchMemories, type SimilarMemory } from '../db/memories.js';
+import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CoreHooks } from '../cache/core.js';
+import type { HotSetStore } from '../cache/hot/hot-sets.js';
+import { kernel } from '../cache/hot/kernel.js';
+import {
+  countPersonalityMemories,
+  deleteMemoryById,
+  fetchMemoriesByIds,
+  insertMemory,
+  searchMemories,
+  streamPersonalityMemories,
+  type SimilarMemory,
+} from '../db/memories.js';
 import { createPool } from '../db/pool.js';
 import { createPrisma, type LlmConfig, type Personality, type PrismaClient } from '../db/prisma.js';
 import { withRetry, type RetryOptions } from '../db/retry.js';
-import { assertUuid, normalizeInto, EMBEDDING_DIMENSION } from '../embedding.js';
-import { NotFoundError, QueryError } from '../errors.js';
-import { Listener, type ListenerState } from '../listener/listener.js';
-import type { InvalidationEvent } from '../listener/payload.js';
+import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
+import { ConfigError, NotFoundError, QueryError } from '../errors.js';
 import { LogLimiter } from '../log-limit.js';
-import { kernel } from '../search/kernel.js';
-import { searchHotSet } from '../search/hot-search.js';
+import { PgListenSource } from '../sources/pg-listen.js';
+import type { ChangeSource, SourceState } from '../sources/source.js';
+import { validateId, validateSearch, validateStore, type SearchInput, type StoreInput } from '../validation/memory.js';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './options.js';
-import { validateSearch, validateStore, type SearchInput, type StoreInput } from './validation.js';
 
 export type PersonalityWithConfig = Personality & { llmConfig: LlmConfig | null };
 export type { SimilarMemory, SearchInput, StoreInput };
 
-/** What a notification did to the caches. */
-export type InvalidationAction = 'evicted' | 'patched' | 'flushed' | 'ignored';
-
-export interface InvalidationInfo {
-  event: InvalidationEvent;
-  action: InvalidationAction;
-  /** Receive time minus the payload's send timestamp. */
-  lagMs: number;
-}
+/** What a change did to the caches. */
+export type InvalidationAction = ChangeAction;
+export type InvalidationInfo = ChangeInfo;
 
 export interface MemorySyncStats {
   hits: number;
@@ -45,19 +46,14 @@ export interface MemorySyncStats {
   hotSearches: number;
   pgvectorSearches: number;
   abortedFills: number;
-  listener: ListenerState;
+  /** The change source's state (named `listener` since 0.1). */
+  listener: SourceState;
+  /** The change source's name: "listen", "pglite", "nats", "redis". */
+  source: string;
   kernel: string;
 }
 
-export interface MemorySyncEvents {
-  invalidation: [info: InvalidationInfo];
-  invalid: [reason: string, sample: string];
-  reconnect: [];
-  flush: [reason: string];
-  down: [reason: string];
-  /** LISTEN confirmed (first time and after every reconnect): caches are in use. */
-  up: [];
-}
+export type MemorySyncEvents = CacheCoreEvents;
 
 /** The lookup and write surface shared by the in-process and the sidecar client. */
 export interface MemoryClient {
@@ -65,33 +61,37 @@ export interface MemoryClient {
   findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]>;
   storeMemory(input: StoreInput): Promise<string>;
   deleteMemory(id: string): Promise<boolean>;
+  /** Resolves once every change committed before the call has been applied (read-your-writes across processes). */
+  sync(timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
 
+const CORE_EVENTS = ['invalidation', 'invalid', 'flush', 'down', 'reconnect', 'up', 'loaded'] as const;
+
+/**
+ * The in-process client: a pool, one change source and the cache core.
+ * It validates input, asks the core first and the database on a miss, and
+ * reports its own writes to the core. What a change does is the core's
+ * business (src/cache/core.ts).
+ */
 export class MemorySync extends EventEmitter<MemorySyncEvents> implements MemoryClient {
   readonly options: ResolvedOptions;
   readonly logger: Logger;
   readonly pool: pg.Pool;
   readonly prisma: PrismaClient;
-  readonly listener: Listener;
-  readonly personalities: PersonalityCache<PersonalityWithConfig>;
-  readonly hotSets: HotSetCache;
+  readonly source: ChangeSource;
+  readonly core: CacheCore<PersonalityWithConfig>;
+  private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
-  private readonly counters = {
-    invalid: 0,
-    reconnects: 0,
-    flushes: 0,
-    hotSearches: 0,
-    pgvectorSearches: 0,
-    invalidations: {} as Record<string, number>,
-  };
+  private pgvectorSearches = 0;
   private summaryTimer: NodeJS.Timeout | undefined;
   /** Aborted by stopRetrying()/close(): calls in flight stop waiting for the database. */
   private readonly lifetime = new AbortController();
   private readonly warnings: LogLimiter;
   private closed = false;
 
-  constructor(options: MemorySyncOptions = {}) {
+  /** @param hooks test seams only; not part of the public API. */
+  constructor(options: MemorySyncOptions = {}, hooks?: CoreHooks) {
     super();
     this.options = resolveOptions(options);
     this.logger = options.logger ?? pino({ level: 'silent' });
@@ -103,67 +103,51 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       onRetry: (err, attempt) =>
         this.warnings.warn('retry', { attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
     };
-    this.pool = createPool({
-      databaseUrl: o.databaseUrl,
-      max: o.poolSize,
-      ivfflatProbes: o.ivfflatProbes,
-      queryTimeoutMs: o.queryTimeoutMs,
-      logger: this.logger,
-    });
+    if (options.pool) {
+      this.pool = options.pool;
+      this.ownsPool = false;
+    } else {
+      if (!o.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db), or pass `pool`');
+      this.pool = createPool({ databaseUrl: o.databaseUrl, max: o.poolSize, ivfflatProbes: o.ivfflatProbes, queryTimeoutMs: o.queryTimeoutMs, logger: this.logger });
+      this.ownsPool = true;
+    }
     this.prisma = createPrisma(this.pool);
-    this.listener = new Listener({ ...o.listener, databaseUrl: o.listener.databaseUrl ?? o.databaseUrl, logger: this.logger });
-
-    const afterRead = options.hooks?.afterPersonalityRead;
-    this.personalities = new PersonalityCache<PersonalityWithConfig>({
-      ...o.personalities,
-      load: async (id) => {
-        const value = await this.loadPersonality(id);
-        await afterRead?.(id);
-        // Shared by every caller: frozen, so one caller cannot change another's copy.
-        if (value?.llmConfig) Object.freeze(value.llmConfig);
-        if (value) Object.freeze(value);
-        return value;
-      },
-    });
-    this.hotSets = new HotSetCache({
-      db: this.pool,
+    const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this.pool);
+    if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
+    this.source = new PgListenSource({
+      databaseUrl: listenUrl,
       logger: this.logger,
-      ...o.hotSets,
-      retry: this.retry,
-      beforePublish: options.hooks?.beforeHotSetPublish,
+      paranoidIntervalMs: o.listener.paranoidIntervalMs,
+      queryTimeoutMs: o.listener.queryTimeoutMs,
+      backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
     });
 
-    this.listener.on('event', (event, receivedAt) => this.apply(event, receivedAt));
-    this.listener.on('invalid', (reason, sample, bytes, structured) => {
-      this.counters.invalid++;
-      this.warnings.warn('invalid', { reason, bytes, sample }, 'invalid notification ignored');
-      this.emit('invalid', reason, sample);
-      // A JSON object we cannot read may be a real change in a newer contract
-      // (or a renamed table): we cannot tell what it invalidates, so drop everything.
-      if (structured) this.flush('unreadable notification');
+    const store: HotSetStore = {
+      count: (pid, limit) => withRetry(() => countPersonalityMemories(this.pool, pid, limit), this.retry),
+      stream: (pid, limit, onRow, signal) =>
+        withRetry(async () => void (await streamPersonalityMemories(this.pool, pid, limit, onRow, signal)), { ...this.retry, signal }),
+      fetch: (ids) => withRetry(() => fetchMemoriesByIds(this.pool, ids), this.retry),
+    };
+    this.core = new CacheCore<PersonalityWithConfig>({
+      logger: this.logger,
+      personalities: o.personalities,
+      loadPersonality: (id) => this.loadPersonality(id),
+      hotSets: { store, ...o.hotSets },
+      hooks,
     });
-    this.listener.on('down', (reason) => {
-      // Notifications sent from now on are lost to us: stop serving cached data.
-      this.hotSets.setEnabled(false);
-      this.personalities.clear();
-      this.logger.warn({ reason }, 'listener down; serving from the database');
-      this.emit('down', reason);
-    });
-    this.listener.on('up', (reconnected) => {
-      if (reconnected) {
-        this.counters.reconnects++;
-        this.flush('reconnect');
-        this.logger.warn('listener reconnected; caches flushed');
-        this.emit('reconnect');
-      }
-      this.hotSets.setEnabled(true);
-      this.emit('up');
-    });
+    this.core.connect(this.source);
+    for (const name of CORE_EVENTS) this.core.on(name, (...args: unknown[]) => (this.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args));
+    this.core.on('invalid', (reason, sample) => this.warnings.warn('invalid', { reason, sample }, 'invalid notification ignored'));
+    this.core.on('down', (reason) => this.logger.warn({ reason, source: this.source.name }, 'change source down; serving from the database'));
+    this.core.on('reconnect', (lost) => this.logger.warn({ lost, source: this.source.name }, lost ? 'change source back; caches flushed' : 'change source resumed; nothing lost'));
   }
 
-  /** Connects; resolves once LISTEN is confirmed. */
+  /**
+   * Connects; resolves once the change source is up. Rejects with a
+   * PermanentError (wrong database, bad password) instead of retrying forever.
+   */
   async start(): Promise<void> {
-    await this.listener.start();
+    await this.source.start();
     if (this.options.summaryIntervalMs > 0) {
       this.summaryTimer = setInterval(() => this.logger.info({ stats: this.stats() }, 'memory-sync summary'), this.options.summaryIntervalMs);
       this.summaryTimer.unref();
@@ -178,43 +162,42 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.lifetime.abort();
   }
 
-  /** Releases every connection. */
+  /** Releases every connection it opened; a pool passed in `options.pool` stays open. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.lifetime.abort();
     clearInterval(this.summaryTimer);
-    this.hotSets.setEnabled(false);
-    this.personalities.clear();
-    await this.listener.close();
-    await this.prisma.$disconnect().catch(() => {});
-    await this.pool.end().catch(() => {});
+    this.core.close();
+    await this.source.close();
+    if (this.ownsPool) {
+      await this.prisma.$disconnect().catch(() => {});
+      await this.pool.end().catch(() => {});
+    }
   }
 
-  /** Resolves when every notification committed before the call has been applied. */
+  /** Resolves when every change committed before the call has been applied. */
   sync(timeoutMs?: number): Promise<void> {
-    return this.listener.sync(timeoutMs);
+    return this.source.sync(timeoutMs);
   }
 
   getPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const hit = this.peekPersonality(id);
-    return hit === undefined ? this.getPersonalitySlow(id) : Promise.resolve(hit);
+    const hit = this.core.peekPersonality(id);
+    if (hit !== undefined) return Promise.resolve(hit);
+    try {
+      return this.core.getPersonality(validateId(id));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
   }
 
   /**
    * Synchronous hit path for hot loops: the cached personality (or null for a
    * cached "does not exist"), or undefined when only getPersonality() can
-   * answer. Never returns a value while the listener is down.
+   * answer. Never returns a value while the change source is down.
    */
   peekPersonality(id: string): PersonalityWithConfig | null | undefined {
-    return this.listener.isUp ? this.personalities.peek(id) : undefined;
-  }
-
-  private async getPersonalitySlow(rawId: string): Promise<PersonalityWithConfig | null> {
-    const id = assertUuid(rawId, 'id');
-    // Listener down: a cached value may have missed its invalidation.
-    if (!this.listener.isUp) return this.loadPersonality(id);
-    return this.personalities.get(id);
+    return this.core.peekPersonality(id);
   }
 
   private loadPersonality(id: string): Promise<PersonalityWithConfig | null> {
@@ -223,21 +206,11 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
 
   async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
     const q = validateSearch(input);
-    const set = this.hotSets.get(q.personalityId);
-    if (set) {
-      const unit = new Float32Array(EMBEDDING_DIMENSION);
-      normalizeInto(q.embedding, unit);
-      const hits = await searchHotSet(
-        set,
-        { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity },
-        () => this.hotSets.isCurrent(set),
-      );
-      if (hits) {
-        this.counters.hotSearches++;
-        return hits;
-      }
-    }
-    this.counters.pgvectorSearches++;
+    const unit = new Float32Array(EMBEDDING_DIMENSION);
+    normalizeInto(q.embedding, unit);
+    const hot = await this.core.search(q.personalityId, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
+    if (hot.status === 'hit') return hot.results;
+    this.pgvectorSearches++;
     return withRetry(() => searchMemories(this.pool, q), this.retry);
   }
 
@@ -247,112 +220,59 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     try {
       await withRetry(() => insertMemory(this.pool, { id, ...m }), this.retry);
     } catch (err) {
-      if (err instanceof QueryError && err.code === '23503') {
+      if (err instanceof QueryError && err.sqlState === '23503') {
         throw new NotFoundError(`personality ${m.personalityId} does not exist`);
       }
       throw err;
     }
-    // Read-your-writes: the set is refreshed before it is served again.
-    this.hotSets.refreshRows([id], [m.personalityId]);
+    this.core.markMemoriesWritten([id], [m.personalityId]);
     return id;
   }
 
   async deleteMemory(rawId: string): Promise<boolean> {
-    const id = assertUuid(rawId, 'id');
+    const id = validateId(rawId);
     // Known before the delete: if a first attempt commits but its reply is
     // lost, the retry finds nothing, yet the cached copy must still go.
-    const holding = this.hotSets.holding(id);
+    const holding = this.core.holding(id);
     try {
       const personalityId = await withRetry(() => deleteMemoryById(this.pool, id), this.retry);
       if (personalityId !== null && !holding.includes(personalityId)) holding.push(personalityId);
       return personalityId !== null;
     } finally {
-      if (holding.length) this.hotSets.removeRows([id], holding);
+      if (holding.length) this.core.markMemoriesDeleted([id], holding);
     }
   }
 
   stats(): MemorySyncStats {
-    const p = this.personalities.stats();
-    const h = this.hotSets.stats();
+    const s = this.core.stats();
     return {
-      hits: p.hits,
-      misses: p.misses,
-      evictions: p.evictions + h.evictions,
-      invalidations: { ...this.counters.invalidations },
-      invalidNotifications: this.counters.invalid,
-      reconnects: this.counters.reconnects,
-      flushes: this.counters.flushes,
-      hotSetBytes: h.bytes,
-      hotSets: h.sets,
-      hotVectors: h.vectors,
-      hotSearches: this.counters.hotSearches,
-      pgvectorSearches: this.counters.pgvectorSearches,
-      abortedFills: p.abortedFills,
-      listener: this.listener.state,
+      hits: s.hits,
+      misses: s.misses,
+      evictions: s.evictions,
+      invalidations: s.invalidations,
+      invalidNotifications: s.invalidNotifications,
+      reconnects: s.reconnects,
+      flushes: s.flushes,
+      hotSetBytes: s.hotSetBytes,
+      hotSets: s.hotSets,
+      hotVectors: s.hotVectors,
+      hotSearches: s.hotSearches,
+      pgvectorSearches: this.pgvectorSearches,
+      abortedFills: s.abortedFills,
+      listener: this.source.state,
+      source: this.source.name,
       kernel: kernel().name,
     };
   }
+}
 
-  private flush(reason: string): void {
-    this.personalities.clear();
-    this.hotSets.clear();
-    this.counters.flushes++;
-    this.emit('flush', reason);
-  }
-
-  private flushed(e: InvalidationEvent): void {
-    this.counters.flushes++;
-    this.logger.warn({ table: e.table, op: e.op, scope: e.scope }, 'cache flushed by a table-wide change');
-    this.emit('flush', `${e.table}.${e.op}`);
-  }
-
-  private apply(event: InvalidationEvent, receivedAt: number): void {
-    const action = this.act(event);
-    const key = `${event.table}.${event.op}`;
-    this.counters.invalidations[key] = (this.counters.invalidations[key] ?? 0) + 1;
-    const lagMs = receivedAt - event.ts;
-    this.logger.debug(
-      {
-        table: event.table,
-        op: event.op,
-        scope: event.scope,
-        ids: event.ids.length,
-        personalities: event.personalityIds.length,
-        lagMs: Math.round(lagMs * 1000) / 1000,
-        action,
-      },
-      'invalidation',
-    );
-    this.emit('invalidation', { event, action, lagMs });
-  }
-
-  private act(e: InvalidationEvent): InvalidationAction {
-    const pids = e.personalityIds;
-    if (e.table === 'memories') {
-      if (e.scope === 'table') {
-        this.hotSets.clear();
-        this.flushed(e);
-        return 'flushed';
-      }
-      if (e.scope === 'personalities') return this.hotSets.drop(pids) ? 'evicted' : 'ignored';
-      const touched = e.op === 'DELETE' ? this.hotSets.removeRows(e.ids, pids) : this.hotSets.refreshRows(e.ids, pids);
-      return touched ? 'patched' : 'ignored';
-    }
-    if (e.scope === 'table') {
-      this.personalities.clear();
-      // TRUNCATE personalities cascades to memories.
-      if (e.table === 'personalities') this.hotSets.clear();
-      this.flushed(e);
-      return 'flushed';
-    }
-    let touched = this.personalities.delete(pids) > 0;
-    if (e.table === 'personalities' && e.op === 'DELETE') touched = this.hotSets.drop(pids) || touched;
-    return touched ? 'evicted' : 'ignored';
-  }
+/** The URL a borrowed pool connects with, for the LISTEN connection. */
+function poolUrl(pool: pg.Pool): string | undefined {
+  const o = (pool as unknown as { options?: { connectionString?: string } }).options;
+  return o?.connectionString;
 }
 
 /** Creates a client; call start() before use. */
 export function createMemorySync(options: MemorySyncOptions = {}): MemorySync {
   return new MemorySync(options);
 }
-

@@ -1,73 +1,178 @@
-import { z } from 'zod';
+import type pg from 'pg';
 import type { Logger } from 'pino';
+import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { postgresUrl, timerMs } from '../validation/primitives.js';
 
-// Node runs a timer set past 2^31 - 1 ms after 1 ms: a huge interval would spin.
-const MAX_TIMER_MS = 2_147_483_647;
-const ms = z.number().int().nonnegative().max(MAX_TIMER_MS);
+/** Every default in one place; each is explained on its option below. */
+export const DEFAULTS = {
+  poolSize: 10,
+  listener: { paranoidIntervalMs: 5_000, queryTimeoutMs: 3_000, retryMinMs: 100, retryMaxMs: 5_000 },
+  personalities: { max: 1_000, ttlMs: 300_000, negativeTtlMs: 5_000 },
+  hotSets: { maxBytes: 256 * 1024 * 1024, maxVectorsPerSet: 20_000, tooLargeTtlMs: 60_000 },
+  ivfflatProbes: 1,
+  queryTimeoutMs: 30_000,
+  retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2_000 },
+  summaryIntervalMs: 60_000,
+} as const;
+
+/** Options of createMemorySync(). Every field is optional. */
+export interface MemorySyncOptions {
+  /**
+   * The database. Ignored when `pool` is given (the pool's own settings win).
+   * @defaultValue process.env.DATABASE_URL
+   */
+  databaseUrl?: string | undefined;
+  /**
+   * Your own pg.Pool (the one your PrismaClient's adapter uses, say). Only
+   * the LISTEN connection is opened besides it, and close() leaves it open.
+   * Its connections must be direct or session-pooled when `listener.databaseUrl`
+   * is unset, since LISTEN needs one session.
+   */
+  pool?: pg.Pool | undefined;
+  /**
+   * Connections in the pool memory-sync creates (not used with `pool`). Most
+   * lookups are cache hits; misses, writes and pgvector searches use these.
+   * @defaultValue 10
+   */
+  poolSize?: number;
+  listener?: {
+    /** LISTEN through another URL, e.g. a direct connection when the pool goes through PgBouncer. */
+    databaseUrl?: string | undefined;
+    /**
+     * How often the idle LISTEN connection is probed: bounds how long a half-open socket goes unnoticed.
+     * @defaultValue 5000
+     */
+    paranoidIntervalMs?: number;
+    /**
+     * A connect, LISTEN, probe or barrier slower than this counts as a dead connection.
+     * @defaultValue 3000
+     */
+    queryTimeoutMs?: number;
+    /**
+     * First reconnect delay (src/sources/backoff.ts doubles it per attempt).
+     * @defaultValue 100
+     */
+    retryMinMs?: number;
+    /**
+     * Largest reconnect delay; attempts never stop after a first success.
+     * @defaultValue 5000
+     */
+    retryMaxMs?: number;
+  };
+  personalities?: {
+    /**
+     * Personalities cached.
+     * @defaultValue 1000 — a bot rarely has more; each entry is a few KB.
+     */
+    max?: number;
+    /**
+     * Backstop only: notifications evict first.
+     * @defaultValue 300000
+     */
+    ttlMs?: number;
+    /**
+     * How long "no such personality" is remembered (an INSERT event also evicts it).
+     * @defaultValue 5000
+     */
+    negativeTtlMs?: number;
+  };
+  hotSets?: {
+    /**
+     * Total bytes of all hot sets together.
+     * @defaultValue 268435456 (256 MiB) — about 40,000 1536-d memories.
+     */
+    maxBytes?: number;
+    /**
+     * A personality with more memories than this is never hot: pgvector serves it.
+     * @defaultValue 20000
+     */
+    maxVectorsPerSet?: number;
+    /**
+     * How long a too-large verdict stands before the count is checked again.
+     * @defaultValue 60000
+     */
+    tooLargeTtlMs?: number;
+  };
+  /**
+   * ivfflat lists probed first on a miss; iterative scans add more until LIMIT is met.
+   * @defaultValue 1
+   */
+  ivfflatProbes?: number;
+  /**
+   * Client-side limit for one pool query: a half-open socket fails instead of hanging.
+   * @defaultValue 30000
+   */
+  queryTimeoutMs?: number;
+  retry?: {
+    /**
+     * Retries of one database call after a transient error (connection lost, server restarting).
+     * @defaultValue 5
+     */
+    retries?: number;
+    /** @defaultValue 50 */
+    minTimeoutMs?: number;
+    /** @defaultValue 2000 */
+    maxTimeoutMs?: number;
+  };
+  /**
+   * Period of the "memory-sync summary" info log line; 0 turns it off.
+   * @defaultValue 60000
+   */
+  summaryIntervalMs?: number;
+  /** pino logger; defaults to a silent one. */
+  logger?: Logger | undefined;
+}
+
 const positive = z.number().int().positive();
-const timer = positive.max(MAX_TIMER_MS);
+const D = DEFAULTS;
 
+/** The one validation of the options; the sidecar maps its environment onto it. */
 export const optionsSchema = z.object({
-  databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
-  poolSize: positive.max(20).default(10),
+  databaseUrl: postgresUrl.optional(),
+  poolSize: positive.max(20).default(D.poolSize),
   listener: z
     .object({
-      /** LISTEN through another URL, e.g. a direct connection when the pool goes through PgBouncer. */
-      databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL').optional(),
-      paranoidIntervalMs: timer.default(5_000),
-      queryTimeoutMs: timer.default(3_000),
-      retryMinMs: timer.default(100),
-      retryMaxMs: timer.default(5_000),
+      databaseUrl: postgresUrl.optional(),
+      paranoidIntervalMs: timerMs().default(D.listener.paranoidIntervalMs),
+      queryTimeoutMs: timerMs().default(D.listener.queryTimeoutMs),
+      retryMinMs: timerMs().default(D.listener.retryMinMs),
+      retryMaxMs: timerMs().default(D.listener.retryMaxMs),
     })
     .prefault({}),
   personalities: z
     .object({
-      max: positive.default(1_000),
-      ttlMs: timer.default(300_000),
-      negativeTtlMs: timer.default(5_000),
+      max: positive.default(D.personalities.max),
+      ttlMs: timerMs().default(D.personalities.ttlMs),
+      negativeTtlMs: timerMs().default(D.personalities.negativeTtlMs),
     })
     .prefault({}),
   hotSets: z
     .object({
-      maxBytes: positive.default(256 * 1024 * 1024),
-      maxVectorsPerSet: positive.default(20_000),
-      tooLargeTtlMs: timer.default(60_000),
+      maxBytes: positive.default(D.hotSets.maxBytes),
+      maxVectorsPerSet: positive.default(D.hotSets.maxVectorsPerSet),
+      tooLargeTtlMs: timerMs().default(D.hotSets.tooLargeTtlMs),
     })
     .prefault({}),
-  ivfflatProbes: positive.max(50).default(1),
-  /** Client-side limit for one pool query: a half-open socket fails instead of hanging. */
-  queryTimeoutMs: timer.default(30_000),
+  ivfflatProbes: positive.max(50).default(D.ivfflatProbes),
+  queryTimeoutMs: timerMs().default(D.queryTimeoutMs),
   retry: z
     .object({
-      retries: z.number().int().min(0).max(20).default(5),
-      minTimeoutMs: timer.default(50),
-      maxTimeoutMs: timer.default(2_000),
+      retries: z.number().int().min(0).max(20).default(D.retry.retries),
+      minTimeoutMs: timerMs().default(D.retry.minTimeoutMs),
+      maxTimeoutMs: timerMs().default(D.retry.maxTimeoutMs),
     })
     .prefault({}),
-  summaryIntervalMs: ms.default(60_000),
+  summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
 });
 
-type Deep<T> = { [K in keyof T]?: T[K] extends object ? Partial<T[K]> : T[K] };
 export type ResolvedOptions = z.output<typeof optionsSchema>;
 
-export interface MemorySyncOptions extends Deep<Omit<ResolvedOptions, 'databaseUrl'>> {
-  /** Defaults to DATABASE_URL. */
-  databaseUrl?: string;
-  /** pino logger; defaults to a silent one. */
-  logger?: Logger;
-  /** Test hooks, to make races deterministic. */
-  hooks?: {
-    /** Runs after a personality load has read the database, before the cache stores it. */
-    afterPersonalityRead?: (id: string) => Promise<void> | void;
-    beforeHotSetPublish?: (personalityId: string) => Promise<void> | void;
-  };
-}
-
-/** Validates options; the error names the offending option. */
-export function resolveOptions(options: MemorySyncOptions): ResolvedOptions {
-  const { logger: _l, hooks: _h, ...rest } = options;
-  const input = { ...rest, databaseUrl: rest.databaseUrl ?? process.env.DATABASE_URL };
+/** Validates options (DATABASE_URL filled in from the environment); the error names the offending option. */
+export function resolveOptions(options: MemorySyncOptions, env: Record<string, string | undefined> = process.env): ResolvedOptions {
+  const { logger: _l, pool: _p, ...rest } = options as MemorySyncOptions & { hooks?: unknown };
+  delete (rest as { hooks?: unknown }).hooks;
+  const input = { ...rest, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
   const result = optionsSchema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0]!;

@@ -1,17 +1,12 @@
-import { EventEmitter } from 'node:events';
 import { Client, Pool } from 'undici';
-import { PersonalityCache } from '../cache/personalities.js';
-import { EventStream } from './event-stream.js';
-import { assertUuid } from '../embedding.js';
-import {
-  DatabaseUnavailableError,
-  MemorySyncError,
-  NotFoundError,
-  QueryError,
-  ValidationError,
-} from '../errors.js';
+import { CacheCore } from '../cache/core.js';
+import { DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../errors.js';
 import type { ErrorBody } from '../sidecar/protocol.js';
 import { PATHS } from '../sidecar/protocol.js';
+import { EventStream } from '../sources/event-stream.js';
+import { SidecarStreamSource } from '../sources/sidecar-stream.js';
+import { validateId } from '../validation/memory.js';
+import pino from 'pino';
 import type { MemoryClient, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
 
 export interface SidecarClientOptions {
@@ -61,17 +56,9 @@ function toWire(input: SearchInput | StoreInput): unknown {
 function errorFrom(status: number, body: unknown): Error {
   const b = (typeof body === 'object' && body !== null ? body : {}) as Partial<ErrorBody>;
   const message = typeof b.error === 'string' ? b.error : `sidecar answered HTTP ${status}`;
-  switch (b.code) {
-    case 'validation': {
-      const field = b.field ?? 'input';
-      return new ValidationError(field, message.startsWith(`${field}: `) ? message.slice(field.length + 2) : message);
-    }
-    case 'not_found':
-      return new NotFoundError(message);
-    case 'unavailable':
-      return new DatabaseUnavailableError(message);
-    case 'query':
-      return new QueryError(message, b.sqlState);
+  // The status a code maps to is the server's; any code we know rebuilds its class.
+  if (typeof b.code === 'string' && b.code in HTTP_STATUS && b.code !== 'internal' && b.code !== 'no_route') {
+    return errorFromCode(b.code, message, { field: b.field, sqlState: b.sqlState });
   }
   // Fastify answers 503 by itself while draining for shutdown.
   if (status === 503) return new DatabaseUnavailableError(`sidecar unavailable (HTTP 503): ${message}`);
@@ -90,7 +77,8 @@ export class SidecarClient implements MemoryClient {
   private readonly basePath: string;
   private readonly timeoutMs: number;
   private readonly connectTimeoutMs: number;
-  private readonly local: LocalCache | undefined;
+  private readonly local: CacheCore<PersonalityWithConfig> | undefined;
+  private readonly source: SidecarStreamSource | undefined;
 
   constructor(options: SidecarClientOptions) {
     const url = new URL(options.url);
@@ -105,29 +93,51 @@ export class SidecarClient implements MemoryClient {
       connect: { timeout: options.connectTimeoutMs ?? 2_000 },
     });
     if (options.localCache) {
-      const stream = new EventStream(new Client(url.origin, { connect: { timeout: options.connectTimeoutMs ?? 2_000 } }), this.basePath + PATHS.events);
-      this.local = new LocalCache(stream, options.localCache, (id) => this.fetchPersonality(id));
-      stream.start();
+      const stream = new EventStream(new Client(url.origin, { connect: { timeout: this.connectTimeoutMs } }), this.basePath + PATHS.events);
+      this.source = new SidecarStreamSource(stream, (token, timeoutMs) => this.requestSync(token, timeoutMs));
+      const lc = options.localCache;
+      // The same core, and so the same rules, as the sidecar's own cache; personalities only.
+      this.local = new CacheCore<PersonalityWithConfig>({
+        logger: pino({ level: 'silent' }),
+        personalities: { max: lc.max ?? 1_000, ttlMs: lc.ttlMs ?? 300_000, negativeTtlMs: lc.negativeTtlMs ?? 5_000 },
+        loadPersonality: (id) => this.fetchPersonality(id),
+      });
+      this.local.connect(this.source);
+      void this.source.start();
     }
   }
 
-  /** The local cache, when enabled: `serving`, stats and events. */
-  get localCache(): LocalCache | undefined {
+  /** The local cache's core, when enabled: `serving`, `stats()`, and its events (up, down, invalidation, flush). */
+  get localCache(): CacheCore<PersonalityWithConfig> | undefined {
     return this.local;
   }
 
   getPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const hit = this.local?.serving ? this.local.cache.peek(id) : undefined;
+    const hit = this.local?.peekPersonality(id);
     return hit === undefined ? this.getPersonalitySlow(id) : Promise.resolve(hit);
   }
 
   private async getPersonalitySlow(id: string): Promise<PersonalityWithConfig | null> {
-    const key = assertUuid(id, 'id');
-    return this.local?.serving ? this.local.cache.get(key) : this.fetchPersonality(key);
+    const key = validateId(id);
+    return this.local ? this.local.getPersonality(key) : this.fetchPersonality(key);
+  }
+
+  /**
+   * Resolves once every change committed before the call has been applied by
+   * the sidecar (and by the local cache, when enabled): a bot that wrote with
+   * its own Prisma then reads its write through the sidecar.
+   */
+  sync(timeoutMs = 5_000): Promise<void> {
+    return this.source ? this.source.sync(timeoutMs) : this.requestSync(undefined, timeoutMs);
+  }
+
+  private async requestSync(token: string | undefined, timeoutMs: number): Promise<void> {
+    const r = await this.call('POST', PATHS.sync, { token, timeoutMs });
+    this.expect(r, 204);
   }
 
   private async fetchPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const r = await this.call('GET', PATHS.personality + assertUuid(id, 'id'));
+    const r = await this.call('GET', PATHS.personality + validateId(id));
     if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return null;
     return revivePersonality(this.expect(r, 200));
   }
@@ -145,7 +155,7 @@ export class SidecarClient implements MemoryClient {
   }
 
   async deleteMemory(id: string): Promise<boolean> {
-    const r = await this.call('DELETE', PATHS.memory + assertUuid(id, 'id'));
+    const r = await this.call('DELETE', PATHS.memory + validateId(id));
     if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return false;
     this.expect(r, 204);
     return true;
@@ -153,7 +163,8 @@ export class SidecarClient implements MemoryClient {
 
   /** Closes the keep-alive sockets once requests in flight are done. */
   async close(): Promise<void> {
-    await this.local?.close();
+    this.local?.close();
+    await this.source?.close();
     await this.pool.close();
   }
 
@@ -162,7 +173,7 @@ export class SidecarClient implements MemoryClient {
     return r.body;
   }
 
-  private async call(method: 'GET' | 'POST' | 'DELETE', path: string, payload?: unknown): Promise<{ status: number; body: unknown }> {
+  private async call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, payload?: unknown): Promise<{ status: number; body: unknown }> {
     let res;
     try {
       res = await this.pool.request({
@@ -194,77 +205,6 @@ export class SidecarClient implements MemoryClient {
       body = { error: text.slice(0, 200) };
     }
     return { status: res.statusCode, body };
-  }
-}
-
-/**
- * Personalities cached in the bot's own process, evicted by the sidecar's
- * invalidation stream with the engine's rules. Serves only while the stream
- * is connected and the sidecar's listener is up; any gap flushes it.
- */
-export class LocalCache extends EventEmitter<{ invalidation: [event: Record<string, unknown>]; serving: [boolean] }> {
-  readonly cache: PersonalityCache<PersonalityWithConfig>;
-  private _serving = false;
-
-  constructor(
-    private readonly stream: EventStream,
-    options: NonNullable<SidecarClientOptions['localCache']>,
-    load: (id: string) => Promise<PersonalityWithConfig | null>,
-  ) {
-    super();
-    this.cache = new PersonalityCache<PersonalityWithConfig>({
-      max: options.max ?? 1_000,
-      ttlMs: options.ttlMs ?? 300_000,
-      negativeTtlMs: options.negativeTtlMs ?? 5_000,
-      load: async (id) => {
-        const p = await load(id);
-        return p && Object.freeze(p);
-      },
-    });
-    stream.on('disconnected', () => this.setServing(false));
-    stream.on('event', ({ event, data }) => this.apply(event, data as Record<string, unknown>));
-  }
-
-  get serving(): boolean {
-    return this._serving;
-  }
-
-  close(): Promise<void> {
-    this.setServing(false);
-    return this.stream.close();
-  }
-
-  private setServing(serving: boolean): void {
-    // Flush on every edge: going down, events may be lost; coming up, they were.
-    this.cache.clear();
-    if (this._serving === serving) return;
-    this._serving = serving;
-    this.emit('serving', serving);
-  }
-
-  private apply(event: string, data: Record<string, unknown>): void {
-    switch (event) {
-      case 'state': // first event of every stream
-        this.setServing(data.listener === 'up');
-        return;
-      case 'down':
-        this.setServing(false);
-        return;
-      case 'reconnect':
-        this.setServing(true);
-        return;
-      case 'flush':
-        this.cache.clear();
-        return;
-      case 'invalidation': {
-        if (data.table === 'personalities' || data.table === 'llm_configs') {
-          if (data.scope === 'table') this.cache.clear();
-          else this.cache.delete(Array.isArray(data.personalityIds) ? (data.personalityIds as string[]) : []);
-        }
-        this.emit('invalidation', data);
-        return;
-      }
-    }
   }
 }
 

@@ -43,7 +43,8 @@ export class NotificationLog {
     this.now = options.now ?? (() => performance.now());
   }
 
-  record({ event, action, lagMs }: InvalidationInfo): void {
+  record(info: InvalidationInfo): void {
+    const { event, action, lagMs } = info;
     const t = this.now();
     if (t - this.windowStart >= this.windowMs) {
       this.flush();
@@ -54,6 +55,7 @@ export class NotificationLog {
       this.logged++;
       this.options.logger.info(
         {
+          source: info.source,
           table: event.table,
           op: event.op,
           scope: event.scope,

@@ -1,15 +1,16 @@
 /** The sidecar's wire contract, shared by the server and createSidecarClient. */
+import type { ErrorCode } from '../errors.js';
 
-/** `code` says which error class the remote client throws. */
-export type ErrorCode = 'validation' | 'not_found' | 'unavailable' | 'query' | 'no_route' | 'internal';
+export type { ErrorCode };
 
 export interface ErrorBody {
-  /** Human-readable; for validation errors "<field>: <message>", as ValidationError.message. */
+  /** Human-readable; for validation errors "<field>: <reason>", as ValidationError.message. */
   error: string;
+  /** Which error class the remote client throws; HTTP_STATUS (src/errors.ts) gives the status. */
   code: ErrorCode;
-  /** The offending input, for code "validation" (e.g. "embedding", "personalityId", "id"). */
+  /** The offending input, for codes "validation" and "conflict" (e.g. "embedding", "personalityId", "name"). */
   field?: string;
-  /** SQLSTATE, for code "query". */
+  /** SQLSTATE, for codes "query" and "permanent". */
   sqlState?: string;
 }
 
@@ -18,6 +19,7 @@ export const PATHS = {
   search: '/v1/memories/search',
   memories: '/v1/memories',
   memory: '/v1/memories/',
+  sync: '/v1/sync',
   events: '/v1/events',
   health: '/healthz',
   ready: '/readyz',
@@ -25,4 +27,4 @@ export const PATHS = {
 } as const;
 
 /** Server-sent event names on /v1/events. */
-export type SidecarEventName = 'state' | 'invalidation' | 'down' | 'reconnect' | 'flush';
+export type SidecarEventName = 'state' | 'invalidation' | 'down' | 'reconnect' | 'flush' | 'barrier';

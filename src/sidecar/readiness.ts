@@ -1,14 +1,17 @@
-import type { ListenerState } from '../listener/listener.js';
+import type { SourceState } from '../sources/source.js';
 
 export interface ReadinessReport {
   ready: boolean;
   pool: 'connecting' | 'up';
-  listener: ListenerState;
+  listener: SourceState;
+  /** The change source's name: listen, pglite, nats, redis. */
+  source: string;
   shuttingDown: boolean;
 }
 
 interface ListenerView {
-  readonly state: ListenerState;
+  readonly state: SourceState;
+  readonly name: string;
   readonly isUp: boolean;
 }
 
@@ -36,6 +39,7 @@ export class Readiness {
       ready: this.ready,
       pool: this.poolUp ? 'up' : 'connecting',
       listener: this.listener?.state ?? 'idle',
+      source: this.listener?.name ?? 'none',
       shuttingDown: this.shuttingDown,
     };
   }

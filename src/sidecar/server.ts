@@ -27,8 +27,6 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
     // One line per request would swamp the notification log; 500s are logged below.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
-    // Strict JSON: "5" is not a limit, "0.1" is not a coordinate.
-    ajv: { customOptions: { coerceTypes: false } },
   });
 
   app.setErrorHandler((err, req, reply) => {
@@ -59,7 +57,7 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
     done();
   });
 
-  apiRoutes(app, deps.client);
+  apiRoutes(app, { client: deps.client, events: deps.events });
   opsRoutes(app, deps);
   return app;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { MemorySyncOptions } from '../../src/client/options.js';
+import type { TestClientOptions as MemorySyncOptions } from '../helpers/client.js';
 import { insertPersonality } from '../helpers/db.js';
 import { gate, nextInvalidation, once, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';

@@ -120,11 +120,11 @@ describe('createSidecarClient({ localCache })', () => {
     const cached = createSidecarClient({ url: sc.url, localCache: { max: 100 } });
     try {
       const lc = cached.localCache!;
-      if (!lc.serving) await new Promise((r) => lc.once('serving', r));
+      if (!lc.serving) await new Promise((r) => lc.once('up', () => r(true)));
       const id = await insertPersonality(writer, 'local-cache');
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
-      expect(lc.cache.stats()).toMatchObject({ hits: 1, misses: 1 });
+      expect(lc.stats()).toMatchObject({ hits: 1, misses: 1 });
 
       const evicted = new Promise((r) => lc.once('invalidation', r));
       await writer.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
@@ -132,14 +132,14 @@ describe('createSidecarClient({ localCache })', () => {
       expect((await cached.getPersonality(id))?.displayName).toBe('changed');
 
       // The sidecar loses its LISTEN connection: the local cache must stop serving.
-      const down = new Promise((r) => lc.once('serving', r));
+      const down = new Promise((r) => lc.once('down', () => r(lc.serving)));
       await writer.query(
         `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'memory-sync-listener' AND datname = current_database() AND pid <> pg_backend_pid()`,
       );
       expect(await down).toBe(false);
-      const back = new Promise((r) => lc.once('serving', r));
+      const back = new Promise((r) => lc.once('up', () => r(lc.serving)));
       expect(await back).toBe(true); // the sidecar reconnected and flushed; so did we
-      expect(lc.cache.stats().size).toBe(0);
+      expect(lc.stats().personalities).toBe(0);
       expect((await cached.getPersonality(id))?.displayName).toBe('changed');
     } finally {
       await cached.close();

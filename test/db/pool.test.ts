@@ -76,7 +76,7 @@ describe('connections', () => {
       return admin.query('SELECT * FROM no_such_table');
     }, fast).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(QueryError);
-    expect((err as QueryError).code).toBe('42P01');
+    expect(err).toMatchObject({ code: 'query', sqlState: '42P01' });
     expect(attempts).toBe(1);
   });
 

@@ -3,17 +3,25 @@ import type pg from 'pg';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { connect, createMigratedDatabase, type TestDb } from './db.js';
-import { createMemorySync, type MemorySync } from '../../src/client/memory-sync.js';
+import { MemorySync } from '../../src/client/memory-sync.js';
+import type { CoreHooks } from '../../src/cache/core.js';
 import type { MemorySyncOptions } from '../../src/client/options.js';
 import type { InvalidationInfo } from '../../src/client/memory-sync.js';
 
-export async function startClient(url: string, options: MemorySyncOptions = {}): Promise<MemorySync> {
-  const client = createMemorySync({
-    databaseUrl: url,
-    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
-    summaryIntervalMs: 0,
-    ...options,
-  });
+/** Client options plus the core's test seams (not part of the public options). */
+export type TestClientOptions = MemorySyncOptions & { hooks?: CoreHooks };
+
+export async function startClient(url: string, options: TestClientOptions = {}): Promise<MemorySync> {
+  const { hooks, ...rest } = options;
+  const client = new MemorySync(
+    {
+      databaseUrl: url,
+      logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+      summaryIntervalMs: 0,
+      ...rest,
+    },
+    hooks,
+  );
   await client.start();
   return client;
 }
@@ -66,7 +74,7 @@ export function useDatabase() {
       return writer!;
     },
     /** A started client on this database, closed after the test. */
-    async client(options: MemorySyncOptions = {}): Promise<MemorySync> {
+    async client(options: TestClientOptions = {}): Promise<MemorySync> {
       return this.track(await startClient(db!.url, options));
     },
     /** Closes `client` after the test. */

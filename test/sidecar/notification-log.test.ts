@@ -29,6 +29,7 @@ function info(table: 'memories' | 'personalities', n: number, action: Invalidati
     event: { v: 1, table, op: 'DELETE', scope: 'rows', ids: [pid, pid], personalityIds: [pid], txid: String(n), ts: 0, chunk: 1, chunks: 1 },
     action,
     lagMs: n % 7,
+    source: 'listen',
   };
 }
 

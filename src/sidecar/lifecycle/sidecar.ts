@@ -1,9 +1,9 @@
 import type { FastifyInstance } from 'fastify';
-import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
 import type { SidecarConfig } from '../../config.js';
 import { migrate } from '../../db/migrate.js';
+import { toPermanent } from '../../db/retry.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../../paths.js';
 import { EventHub } from '../events.js';
 import { dedicatedConnection, type Scheduler } from '../jobs.js';
@@ -12,11 +12,10 @@ import { SidecarMetrics } from '../metrics.js';
 import { NotificationLog } from '../notification-log.js';
 import { Readiness } from '../readiness.js';
 import { buildServer } from '../server.js';
+import { backoffDelay, sleepUnlessAborted } from '../../sources/backoff.js';
 
-const POOL_RETRY_MIN_MS = 100;
 /** Leaves room, before the 10 s backstop, for one more pool connect attempt (5 s) to fail. */
 const DRAIN_GRACE_MS = 4_000;
-const POOL_RETRY_MAX_MS = 5_000;
 
 /**
  * One sidecar: engine, HTTP server, notification log, metrics and
@@ -69,7 +68,7 @@ export class Sidecar {
     const client = createMemorySync({ ...config.engine, logger: logger.child({ component: 'engine' }) });
     this.client = client;
     const readiness = this.readiness;
-    readiness.attach(client.listener);
+    readiness.attach(client.source);
     const metrics = new SidecarMetrics(client);
     const events = new EventHub();
     const notifications = new NotificationLog({ logger: logger.child({ component: 'notifications' }), ratePerSecond: config.logRate });
@@ -90,13 +89,14 @@ export class Sidecar {
     });
     client.on('reconnect', () => {
       metrics.reconnect();
+      // A remote local cache flushes on every sidecar reconnect, lost or not: it cannot replay.
       events.send('reconnect', {});
       this.readinessChanged('listener reconnected');
     });
 
     const app = buildServer({
       client,
-      listenerState: () => client.listener.state,
+      listenerState: () => client.source.state,
       readiness,
       metrics,
       events,
@@ -134,16 +134,18 @@ export class Sidecar {
 
   /** The pool must answer once before the sidecar calls itself ready; until then, retry with backoff. */
   private async waitForPool(client: MemorySync): Promise<void> {
-    await pRetry(() => client.pool.query('SELECT 1'), {
-      retries: Infinity,
-      minTimeout: POOL_RETRY_MIN_MS,
-      maxTimeout: POOL_RETRY_MAX_MS,
-      signal: this.lifetime.signal,
-      onFailedAttempt: ({ error, attemptNumber }) =>
-        this.logger.warn({ attempt: attemptNumber, err: { message: error.message } }, 'database pool not reachable yet; retrying'),
-    }).catch((err: unknown) => {
-      if (!this.lifetime.signal.aborted) throw err;
-    });
+    const signal = this.lifetime.signal;
+    for (let attempt = 1; !signal.aborted; attempt++) {
+      try {
+        await client.pool.query('SELECT 1');
+        return;
+      } catch (err) {
+        const permanent = toPermanent(err);
+        if (permanent) throw permanent;
+        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database pool not reachable yet; retrying');
+        await sleepUnlessAborted(backoffDelay(attempt), signal);
+      }
+    }
   }
 
   private readinessChanged(reason: string): void {

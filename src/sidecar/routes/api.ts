@@ -1,31 +1,59 @@
 import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
 import type { MemoryClient, SearchInput, StoreInput } from '../../client/memory-sync.js';
-import type { ErrorBody } from '../protocol.js';
-import { idParams, searchBody, storeBody } from '../schemas.js';
+import { NotFoundError } from '../../errors.js';
+import { parseInput } from '../../validation/parse.js';
+import type { EventHub } from '../events.js';
 
-/** The lookup and write API: a thin HTTP face on the engine's MemoryClient. */
-export function apiRoutes(app: FastifyInstance, client: MemoryClient): void {
-  app.get<{ Params: { id: string } }>('/v1/personalities/:id', { schema: { params: idParams } }, async (req, reply) => {
+export interface ApiDeps {
+  client: MemoryClient;
+  events: EventHub;
+}
+
+/** POST /v1/sync: `token` is echoed as a `barrier` event on /v1/events once the barrier has passed. */
+export const syncSchema = z
+  .object(
+    {
+      token: z.string({ error: 'must be a string of 1 to 100 characters' }).min(1).max(100).optional(),
+      timeoutMs: z.number({ error: 'must be an integer from 1 to 30000' }).int().min(1).max(30_000).optional(),
+    },
+    { error: 'must be a JSON object' },
+  )
+  .default({});
+
+/**
+ * The lookup and write API: a thin HTTP face on the engine's MemoryClient.
+ * Bodies are validated by the engine itself (src/validation/), so a bad
+ * field gets the same message over HTTP as in-process.
+ */
+export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
+  const { client, events } = deps;
+
+  app.get<{ Params: { id: string } }>('/v1/personalities/:id', async (req) => {
     const personality = await client.getPersonality(req.params.id);
-    if (personality === null) {
-      const body: ErrorBody = { error: `personality ${req.params.id} not found`, code: 'not_found' };
-      return reply.code(404).send(body);
-    }
+    if (personality === null) throw new NotFoundError(`personality ${req.params.id} not found`);
     return personality;
   });
 
-  app.post<{ Body: SearchInput }>('/v1/memories/search', { schema: { body: searchBody } }, async (req) => {
+  app.post<{ Body: SearchInput }>('/v1/memories/search', async (req) => {
     return { results: await client.findSimilarMemories(req.body) };
   });
 
-  app.post<{ Body: StoreInput }>('/v1/memories', { schema: { body: storeBody } }, async (req, reply) => {
+  app.post<{ Body: StoreInput }>('/v1/memories', async (req, reply) => {
     const id = await client.storeMemory(req.body);
     return reply.code(201).send({ id });
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/memories/:id', { schema: { params: idParams } }, async (req, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/memories/:id', async (req, reply) => {
     if (await client.deleteMemory(req.params.id)) return reply.code(204).send();
-    const body: ErrorBody = { error: `memory ${req.params.id} not found`, code: 'not_found' };
-    return reply.code(404).send(body);
+    throw new NotFoundError(`memory ${req.params.id} not found`);
+  });
+
+  // Answers once every change committed before the request has been applied here.
+  app.post('/v1/sync', async (req, reply) => {
+    const { token, timeoutMs } = parseInput(syncSchema, req.body ?? undefined);
+    await client.sync(timeoutMs);
+    if (token !== undefined) events.send('barrier', { token });
+    return reply.code(204).send();
   });
 }

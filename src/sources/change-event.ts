@@ -1,9 +1,9 @@
 import { z } from 'zod';
+import { uuid } from '../validation/primitives.js';
 
 /** Channel the SQL triggers notify on (sql/010_notify.sql). */
 export const INVALIDATION_CHANNEL = 'cache_invalidation';
 
-const uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
 
 /** Payload contract v1; see README "Notification payload". */
 export const invalidationSchema = z
@@ -24,10 +24,12 @@ export const invalidationSchema = z
   })
   .refine((p) => p.chunk <= p.chunks, { message: 'chunk exceeds chunks' });
 
-export type InvalidationEvent = z.infer<typeof invalidationSchema>;
+export type ChangeEvent = z.infer<typeof invalidationSchema>;
+/** @deprecated the 0.1 name of ChangeEvent. */
+export type InvalidationEvent = ChangeEvent;
 
 export type ParsedPayload =
-  | { ok: true; event: InvalidationEvent; bytes: number }
+  | { ok: true; event: ChangeEvent; bytes: number }
   | { ok: false; reason: string; bytes: number; sample: string; structured: boolean };
 
 /** Never throws: a bad payload is a value to count and log, not a crash. */

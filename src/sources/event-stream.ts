@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
+import { backoffDelay, sleepUnlessAborted } from './backoff.js';
 
 export interface StreamEvent {
   event: string;
@@ -72,8 +72,7 @@ export class EventStream extends EventEmitter<{
       }
       this.emit('disconnected', error);
       if (this.stop.signal.aborted) return;
-      const delay = Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2);
-      await sleep(delay, undefined, { signal: this.stop.signal }).catch(() => {});
+      await sleepUnlessAborted(backoffDelay(attempt + 1), this.stop.signal);
     }
   }
 

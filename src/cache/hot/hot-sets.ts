@@ -1,13 +1,24 @@
 import { EventEmitter, once } from 'node:events';
 import { LRUCache } from 'lru-cache';
-import type pg from 'pg';
 import type { Logger } from 'pino';
-import { countPersonalityMemories, fetchMemoriesByIds, streamPersonalityMemories } from '../db/memories.js';
-import { withRetry, type RetryOptions } from '../db/retry.js';
-import { HotSet } from './hot-set.js';
+import type { MemoryRow, SimilarMemory } from '../../db/memories.js';
+import { HotSet, type HotQuery } from './hot-set.js';
+
+/**
+ * What hot sets read from the database. The client supplies it (with its
+ * retries), so the cache knows no driver: pg, PGlite, or none at all.
+ */
+export interface HotSetStore {
+  /** Rows a load would transfer, capped at `limit`. */
+  count(personalityId: string, limit: number): Promise<number>;
+  /** Every memory of a personality; `onRow` returns false to stop. Rows' buffers may be reused. */
+  stream(personalityId: string, limit: number, onRow: (row: MemoryRow) => boolean, signal: AbortSignal): Promise<void>;
+  /** Current state of these rows; absent ids were deleted. */
+  fetch(ids: string[]): Promise<MemoryRow[]>;
+}
 
 export interface HotSetCacheOptions {
-  db: pg.Pool;
+  store: HotSetStore;
   logger: Logger;
   /** Total bytes of all hot sets together. */
   maxBytes: number;
@@ -15,7 +26,6 @@ export interface HotSetCacheOptions {
   maxVectorsPerSet: number;
   /** How long a too-large verdict stands before the count is checked again. */
   tooLargeTtlMs: number;
-  retry: RetryOptions;
   /** Test hook: runs after a load has read the database, before it publishes. */
   beforePublish?: (personalityId: string) => Promise<void> | void;
 }
@@ -73,10 +83,33 @@ export class HotSetCache extends EventEmitter<{
   }
 
   /**
-   * The personality's set when it is current, else undefined (search
-   * pgvector). A miss starts a background load: the caller never waits for it.
+   * Exact top-k from the personality's set when it is current, else null
+   * (ask pgvector). A miss starts a background load: the caller never waits
+   * for it.
    */
-  get(personalityId: string): HotSet | undefined {
+  async search(personalityId: string, q: HotQuery): Promise<SimilarMemory[] | null> {
+    const set = this.current(personalityId);
+    if (!set) return null;
+    return set.search(q, () => this.isCurrent(set));
+  }
+
+  /** True when a search would be served from memory now (no load is started). */
+  isServable(personalityId: string): boolean {
+    const set = this.sets.peek(personalityId);
+    return set !== undefined && this.isCurrent(set);
+  }
+
+  /** True when the personality's cached set holds this memory. */
+  holds(personalityId: string, memoryId: string): boolean {
+    return this.sets.peek(personalityId)?.has(memoryId) ?? false;
+  }
+
+  /** Starts a load unless the set is cached, loading, or known not to be hot. */
+  warm(personalityId: string): void {
+    this.current(personalityId);
+  }
+
+  private current(personalityId: string): HotSet | undefined {
     if (!this.enabled) return undefined;
     const set = this.sets.get(personalityId);
     if (set) return this.dirty.has(personalityId) ? undefined : set;
@@ -85,7 +118,7 @@ export class HotSetCache extends EventEmitter<{
   }
 
   /** True while `set` is still the served set of its personality: cached, enabled, not dirty. */
-  isCurrent(set: HotSet): boolean {
+  private isCurrent(set: HotSet): boolean {
     const pid = set.personalityId;
     return this.enabled && this.sets.peek(pid) === set && !this.dirty.has(pid);
   }
@@ -104,10 +137,13 @@ export class HotSetCache extends EventEmitter<{
     }
   }
 
-  /** Serve from sets (listener up) or not at all (listener down: we may have missed events). */
+  /**
+   * Serve from sets (source up) or not at all (source down: changes may be
+   * going missing). Disabling keeps the sets: the core flushes them when
+   * the source cannot prove it lost nothing, and keeps them when it can.
+   */
   setEnabled(enabled: boolean): void {
     this.enabled = enabled;
-    if (!enabled) this.clear();
   }
 
   /** Memory rows changed: refresh them wherever cached or loading. */
@@ -225,7 +261,7 @@ export class HotSetCache extends EventEmitter<{
       const targets = new Map<string, HotSet | undefined>();
       for (const pids of batch.values()) for (const pid of pids) targets.set(pid, this.sets.peek(pid));
       try {
-        const rows = await withRetry(() => fetchMemoriesByIds(this.options.db, [...batch.keys()]), this.options.retry);
+        const rows = await this.options.store.fetch([...batch.keys()]);
         const byId = new Map(rows.map((r) => [r.id, r]));
         const touched = new Set<HotSet>();
         for (const [id, pids] of batch) {
@@ -277,32 +313,25 @@ export class HotSetCache extends EventEmitter<{
     const max = this.options.maxVectorsPerSet;
     let set = new HotSet(pid);
     let tooLarge = false;
-    await withRetry(
-      async () => {
-        // Counting first sizes the vector block once, instead of doubling it.
-        const n = await countPersonalityMemories(this.options.db, pid, max + 1);
-        if (n > max) {
-          tooLarge = true;
-          return;
-        }
-        set = new HotSet(pid, n); // a retry starts over
-        await streamPersonalityMemories(
-          this.options.db,
-          pid,
-          max + 1,
-          (row) => {
-            if (set.count === max) {
-              tooLarge = true; // grew past the limit since the count
-              return false;
-            }
-            set.upsert(row);
-            return !load.abort.signal.aborted;
-          },
-          load.abort.signal,
-        );
-      },
-      { ...this.options.retry, signal: load.abort.signal },
-    );
+    // Counting first sizes the vector block once, instead of doubling it.
+    const n = await this.options.store.count(pid, max + 1);
+    if (n > max) tooLarge = true;
+    else {
+      set = new HotSet(pid, n);
+      await this.options.store.stream(
+        pid,
+        max + 1,
+        (row) => {
+          if (set.count === max) {
+            tooLarge = true; // grew past the limit since the count
+            return false;
+          }
+          set.upsert(row);
+          return !load.abort.signal.aborted;
+        },
+        load.abort.signal,
+      );
+    }
     if (load.abort.signal.aborted) return;
     if (tooLarge) {
       this.notHot.set(pid, true);

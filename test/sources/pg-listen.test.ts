@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { MemorySyncOptions } from '../../src/client/options.js';
+import type { TestClientOptions as MemorySyncOptions } from '../helpers/client.js';
 import { insertPersonality } from '../helpers/db.js';
 import { nextInvalidation, once, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';
@@ -87,10 +87,10 @@ describe('listener', () => {
     let started = false;
     const starting = c.start().then(() => (started = true));
     await new Promise<void>((resolve) => {
-      c.listener.on('retry', (attempt) => attempt === 5 && resolve());
+      c.source.on('retry', (attempt) => attempt === 5 && resolve());
     });
     expect(started).toBe(false);
-    expect(c.listener.state).toBe('connecting');
+    expect(c.source.state).toBe('connecting');
     proxy.refusing = false;
     await starting;
     expect(c.stats().listener).toBe('up');

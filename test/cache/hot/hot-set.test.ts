@@ -1,13 +1,31 @@
 import { describe, expect, it } from 'vitest';
-import { HotSet } from '../../src/cache/hot-set.js';
-import { normalizeInto } from '../../src/embedding.js';
-import { jsDot, kernel } from '../../src/search/kernel.js';
-import { ROWS_PER_SLICE, searchHotSet } from '../../src/search/hot-search.js';
-import { seededVectors } from '../helpers/db.js';
+import { HotSet, ROWS_PER_SLICE, type HotQuery } from '../../../src/cache/hot/hot-set.js';
+import { normalizeInto } from '../../../src/embedding.js';
+import { jsDot, kernel } from '../../../src/cache/hot/kernel.js';
+import { seededVectors } from '../../helpers/db.js';
+
+interface Ref {
+  id: string;
+  channelId: string;
+  unit: Float32Array;
+}
+/** What the test put in, kept beside the set: the reference reads no set internals. */
+const inputs = new WeakMap<HotSet, Map<string, Ref>>();
+
+const searchHotSet = (set: HotSet, q: HotQuery, stillCurrent?: () => boolean) => set.search(q, stillCurrent);
+
+function remove(set: HotSet, id: string): boolean {
+  inputs.get(set)!.delete(id);
+  return set.remove(id);
+}
 
 function build(n: number, seed = 1): HotSet {
   const set = new HotSet('p', 4);
-  seededVectors(seed, n).forEach((embedding, i) =>
+  const refs = new Map<string, Ref>();
+  inputs.set(set, refs);
+  seededVectors(seed, n).forEach((embedding, i) => {
+    const id = `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+    refs.set(id, { id, channelId: i % 2 ? 'odd' : 'even', unit: unit(embedding) });
     set.upsert({
       id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
       personalityId: 'p',
@@ -16,8 +34,8 @@ function build(n: number, seed = 1): HotSet {
       createdAt: new Date(0),
       metadata: null,
       embedding,
-    }),
-  );
+    });
+  });
   return set;
 }
 
@@ -30,11 +48,11 @@ function unit(v: Float32Array): Float32Array {
 /** Reference: score everything in float64, sort. */
 function brute(set: HotSet, q: Float32Array, k: number, channel?: string) {
   const all = [];
-  for (let r = 0; r < set.count; r++) {
-    if (channel && set.channelIds[r] !== channel) continue;
+  for (const ref of inputs.get(set)!.values()) {
+    if (channel && ref.channelId !== channel) continue;
     let s = 0;
-    for (let i = 0; i < q.length; i++) s += set.views[r]![i]! * q[i]!;
-    all.push({ id: set.ids[r]!, s });
+    for (let i = 0; i < q.length; i++) s += ref.unit[i]! * q[i]!;
+    all.push({ id: ref.id, s });
   }
   return all.sort((a, b) => b.s - a.s || (a.id < b.id ? -1 : 1)).slice(0, k);
 }
@@ -63,8 +81,8 @@ describe('hot-set search', () => {
     const set = build(50);
     const q = unit(seededVectors(9, 1)[0]!);
     const victim = brute(set, q, 1)[0]!.id;
-    expect(set.remove(victim)).toBe(true);
-    expect(set.remove(victim)).toBe(false);
+    expect(remove(set, victim)).toBe(true);
+    expect(remove(set, victim)).toBe(false);
     expect(set.count).toBe(49);
     const got = await searchHotSet(set, { query: q, limit: 3 });
     expect(got!.map((g) => g.id)).toEqual(brute(set, q, 3).map((r) => r.id));
@@ -99,7 +117,7 @@ describe('hot-set search', () => {
     const set = build(ROWS_PER_SLICE + 10);
     const q = unit(seededVectors(9, 1)[0]!);
     const pending = searchHotSet(set, { query: q, limit: 3 });
-    set.remove(set.ids[0]!); // runs while the search is parked between slices
+    remove(set, '00000000-0000-4000-8000-000000000000'); // runs while the search is parked between slices
     expect(await pending).toBeNull();
     const again = await searchHotSet(set, { query: q, limit: 3 });
     expect(again!.map((g) => g.id)).toEqual(brute(set, q, 3).map((r) => r.id));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parsePayload } from '../../src/listener/payload.js';
+import { parsePayload } from '../../src/sources/change-event.js';
 
 const good = {
   v: 1,

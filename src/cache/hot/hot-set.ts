@@ -1,0 +1,165 @@
+import type { MemoryRow, SimilarMemory } from '../../db/memories.js';
+import { EMBEDDING_DIMENSION, normalizeInto } from '../../embedding.js';
+import { kernel } from './kernel.js';
+import { TopK } from './top-k.js';
+
+/** Metadata is shared by every search result: frozen so no caller can change the cached copy. */
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+const ROW_OVERHEAD_BYTES = 160; // id, channel, Date, Map entry, view
+
+/** Rows scored between event-loop yields: ~1 ms of work with simsimd at 1536 dims. */
+export const ROWS_PER_SLICE = 4096;
+
+export interface HotQuery {
+  /** Unit-length query vector. */
+  query: Float32Array;
+  channelId?: string | undefined;
+  limit: number;
+  minSimilarity?: number | undefined;
+}
+
+/**
+ * All memories of one personality in a single contiguous, pre-normalized
+ * Float32Array (row-major), plus the columns a search returns. Rows are
+ * removed by moving the last row into the hole, so the block stays dense.
+ * Only the hot-set cache holds these; nothing outside reads the rows.
+ */
+export class HotSet {
+  private readonly dim = EMBEDDING_DIMENSION;
+  private _count = 0;
+  /** Bumped on every change; a search that yields checks it did not move. */
+  private _version = 0;
+  private vectors: Float32Array;
+  /** Per-row views into `vectors`, made once: kernels take whole arrays. */
+  private views: Float32Array[] = [];
+  private ids: string[] = [];
+  private channelIds: string[] = [];
+  private contents: string[] = [];
+  /** Epoch ms; searches hand out fresh Date objects. */
+  private createdAts: number[] = [];
+  private metadatas: unknown[] = [];
+  private readonly index = new Map<string, number>();
+  private textBytes = 0;
+
+  constructor(
+    readonly personalityId: string,
+    capacity = 16,
+  ) {
+    this.vectors = new Float32Array(Math.max(1, capacity) * this.dim);
+  }
+
+  get count(): number {
+    return this._count;
+  }
+
+  get version(): number {
+    return this._version;
+  }
+
+  private get capacity(): number {
+    return this.vectors.length / this.dim;
+  }
+
+  /** Bytes held, for the cache's byte bound. */
+  get bytes(): number {
+    return this.vectors.byteLength + this.textBytes + this._count * ROW_OVERHEAD_BYTES;
+  }
+
+  has(id: string): boolean {
+    return this.index.has(id);
+  }
+
+  upsert(row: MemoryRow): void {
+    let r = this.index.get(row.id);
+    if (r === undefined) {
+      if (this._count === this.capacity) this.grow(this.capacity * 2);
+      r = this._count++;
+      this.index.set(row.id, r);
+      this.views[r] = this.vectors.subarray(r * this.dim, (r + 1) * this.dim);
+    } else {
+      this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
+    }
+    normalizeInto(row.embedding, this.vectors, r * this.dim);
+    this.ids[r] = row.id;
+    this.channelIds[r] = row.channelId;
+    this.contents[r] = row.content;
+    this.createdAts[r] = row.createdAt.getTime();
+    this.metadatas[r] = deepFreeze(row.metadata);
+    this.textBytes += row.content.length * 2 + row.channelId.length * 2;
+    this._version++;
+  }
+
+  remove(id: string): boolean {
+    const r = this.index.get(id);
+    if (r === undefined) return false;
+    const last = this._count - 1;
+    this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
+    this.index.delete(id);
+    if (r !== last) {
+      this.vectors.copyWithin(r * this.dim, last * this.dim, (last + 1) * this.dim);
+      this.ids[r] = this.ids[last]!;
+      this.channelIds[r] = this.channelIds[last]!;
+      this.contents[r] = this.contents[last]!;
+      this.createdAts[r] = this.createdAts[last]!;
+      this.metadatas[r] = this.metadatas[last];
+      this.index.set(this.ids[r]!, r);
+    }
+    this.ids.length = this.channelIds.length = this.contents.length = last;
+    this.createdAts.length = this.metadatas.length = this.views.length = last;
+    this._count = last;
+    this._version++;
+    return true;
+  }
+
+  /**
+   * Exact top-k, ordered as the SQL path orders (similarity desc, then id).
+   * Large sets yield to the event loop between slices; returns null if the
+   * set changed meanwhile or `stillCurrent` turns false, so the caller can
+   * ask pgvector instead of returning a torn result.
+   */
+  async search(q: HotQuery, stillCurrent: () => boolean = () => true): Promise<SimilarMemory[] | null> {
+    const { dot } = kernel();
+    const min = q.minSimilarity ?? -Infinity;
+    const ids = this.ids;
+    const top = new TopK(q.limit, (r) => ids[r]!);
+    const version = this._version;
+    for (let start = 0; start < this._count; start += ROWS_PER_SLICE) {
+      if (start > 0) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this._version !== version || !stillCurrent()) return null;
+      }
+      const end = Math.min(this._count, start + ROWS_PER_SLICE);
+      for (let r = start; r < end; r++) {
+        if (q.channelId !== undefined && this.channelIds[r] !== q.channelId) continue;
+        const s = dot(this.views[r]!, q.query);
+        if (s >= min) top.offer(s, r);
+      }
+    }
+    return top.rows.map((r, i) => this.result(r, top.scores[i]!));
+  }
+
+  private result(r: number, score: number): SimilarMemory {
+    return {
+      id: this.ids[r]!,
+      content: this.contents[r]!,
+      channelId: this.channelIds[r]!,
+      similarity: Math.min(1, Math.max(-1, score)), // pgvector clamps the same way
+      createdAt: new Date(this.createdAts[r]!), // a copy: the caller may mutate it
+      metadata: this.metadatas[r], // deep-frozen by upsert
+    };
+  }
+
+  private grow(capacity: number): void {
+    const next = new Float32Array(capacity * this.dim);
+    next.set(this.vectors.subarray(0, this._count * this.dim));
+    this.vectors = next;
+    for (let r = 0; r < this._count; r++) this.views[r] = next.subarray(r * this.dim, (r + 1) * this.dim);
+  }
+}
