@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,9 +7,12 @@ import { ROOT, createDatabase, type TestDb } from '../helpers/db.js';
 
 const BIN = join(ROOT, 'bin', 'memory-sync.js');
 
+const temps: string[] = [];
+
 /** A project owning a copy of the schema and migrations, in its own prisma/ folder. */
 function project(addColumn: boolean): string {
   const dir = mkdtempSync(join(tmpdir(), 'ms-cli-create-'));
+  temps.push(dir);
   cpSync(join(ROOT, 'prisma'), join(dir, 'prisma'), { recursive: true });
   if (addColumn) {
     const file = join(dir, 'prisma', 'schema.prisma');
@@ -41,6 +44,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await db?.drop();
+  for (const dir of temps) rmSync(dir, { recursive: true, force: true });
 });
 
 describe('memory-sync migration create (CLI)', () => {

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../helpers/db.js';
 
 const BIN = join(ROOT, 'bin', 'memory-sync.js');
@@ -18,9 +18,15 @@ describe('memory-sync --version', () => {
 });
 
 describe('memory-sync without a build', () => {
+  const temps: string[] = [];
+  afterAll(() => {
+    for (const dir of temps) rmSync(dir, { recursive: true, force: true });
+  });
+
   /** The package's bin/ and package.json with no dist/, laid out as a clone or as an installed package. */
   function layout(kind: 'clone' | 'clone-with-deps' | 'installed'): string {
     const dir = mkdtempSync(join(tmpdir(), 'ms-nobuild-'));
+    temps.push(dir);
     cpSync(join(ROOT, 'bin'), join(dir, 'bin'), { recursive: true });
     cpSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
     if (kind !== 'installed') {

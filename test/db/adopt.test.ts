@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,7 +39,11 @@ async function botDatabase(sql: string): Promise<TestDb> {
   writeFileSync(join(dir, '20250101000000_bot_init', 'migration.sql'), sql);
   writeFileSync(join(dir, 'migration_lock.toml'), readFileSync(join(MIGRATIONS_DIR, 'migration_lock.toml')));
   const db = await createDatabase('ms_adopt');
-  await migrate({ databaseUrl: db.url, migrationsDir: dir, schemaPath: SCHEMA_PATH });
+  try {
+    await migrate({ databaseUrl: db.url, migrationsDir: dir, schemaPath: SCHEMA_PATH });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
   return db;
 }
 

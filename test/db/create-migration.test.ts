@@ -1,4 +1,4 @@
-import { cpSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,9 +10,12 @@ import { ADMIN_URL, ROOT, connect, createDatabase, createMigratedDatabase, type 
 
 const ADD_COLUMN = ['  isActive     Boolean              @default(true)', '  isActive     Boolean              @default(true)\n  nickname     String?'] as const;
 
+const temps: string[] = [];
+
 /** A copy of the package's prisma/ folder, as a project that owns its schema would have. */
 function project(edit?: readonly [string, string]): { schemaPath: string; migrationsDir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'ms-create-'));
+  temps.push(dir);
   cpSync(join(ROOT, 'prisma'), join(dir, 'prisma'), { recursive: true });
   const schemaPath = join(dir, 'prisma', 'schema.prisma');
   if (edit) {
@@ -54,6 +57,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await main?.drop();
+  for (const dir of temps) rmSync(dir, { recursive: true, force: true });
 });
 
 describe('createMigration (WASM engine, shadow database)', () => {
