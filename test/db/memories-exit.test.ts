@@ -30,16 +30,17 @@ afterAll(async () => {
   await db?.drop();
 });
 
-/** Runs `body` in a fresh Node process; resolves with its output and the ms between "closed" and exit. */
-async function runChild(body: string): Promise<{ code: number | null; lines: string[]; exitAfterCloseMs: number }> {
-  const script = `
-    import pg from 'pg';
-    import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
-    const pool = new pg.Pool({ connectionString: ${JSON.stringify(db.url)}, max: 1, query_timeout: 30000 });
-    ${body}
-    await pool.end();
-    console.log('closed');
-  `;
+const onPool = (body: string) => `
+  import pg from 'pg';
+  import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
+  const pool = new pg.Pool({ connectionString: ${JSON.stringify(db.url)}, max: 1, query_timeout: 30000 });
+  ${body}
+  await pool.end();
+  console.log('closed');
+`;
+
+/** Runs `script` in a fresh Node process; resolves with its output and the ms between its "closed" line and its exit. */
+async function runChild(script: string): Promise<{ code: number | null; lines: string[]; exitAfterCloseMs: number }> {
   const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -53,9 +54,14 @@ async function runChild(body: string): Promise<{ code: number | null; lines: str
     if (line === 'closed') closedAt = performance.now();
   });
   // A hung child must fail the test, not hold it for the 30 s query timeout.
-  const guard = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  let killed = false;
+  const guard = setTimeout(() => {
+    killed = true;
+    child.kill('SIGKILL');
+  }, 20_000);
   const [code] = (await once(child, 'exit')) as [number | null];
   clearTimeout(guard);
+  if (killed) throw new Error(`child still running ${Math.round(performance.now() - closedAt)} ms after "closed" (killed)`);
   if (code !== 0) throw new Error(`child exited with ${code}: ${stderr}`);
   expect(closedAt).toBeGreaterThan(0);
   return { code, lines, exitAfterCloseMs: performance.now() - closedAt };
@@ -63,21 +69,51 @@ async function runChild(body: string): Promise<{ code: number | null; lines: str
 
 describe('streamPersonalityMemories on a pg.Pool', () => {
   it('a process that streamed a full set exits by itself within 2 s of pool.end()', async () => {
-    const r = await runChild(`
+    const r = await runChild(onPool(`
       let n = 0;
       console.log('rows ' + await streamPersonalityMemories(pool, ${JSON.stringify(pid)}, 1000, () => (++n, true)));
-    `);
+    `));
     expect(r.lines[0]).toBe('rows 50');
     expect(r.exitAfterCloseMs).toBeLessThan(2_000);
   });
 
   it('a process that stopped a stream early exits by itself within 2 s of pool.end()', async () => {
-    const r = await runChild(`
+    const r = await runChild(onPool(`
       let n = 0;
       console.log('rows ' + await streamPersonalityMemories(pool, ${JSON.stringify(pid)}, 1000, () => ++n < 3));
       console.log('after ' + (await pool.query('SELECT 1 AS ok')).rows[0].ok);
-    `);
+    `));
     expect(r.lines.slice(0, 2)).toEqual(['rows 3', 'after 1']);
+    expect(r.exitAfterCloseMs).toBeLessThan(2_000);
+  });
+});
+
+describe('the embedded backend', () => {
+  it('a process that opened PGlite, listened, streamed and closed exits by itself within 2 s', async () => {
+    const r = await runChild(`
+      import pino from 'pino';
+      import { openEmbedded } from ${JSON.stringify(`${ROOT}src/db/embedded.ts`)};
+      import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
+      import { PgliteSource } from ${JSON.stringify(`${ROOT}src/sources/pglite.ts`)};
+      const logger = pino({ level: 'silent' });
+      const e = await openEmbedded({ logger });
+      const source = new PgliteSource({ db: e.db, logger });
+      await source.start();
+      await e.queryable.query(
+        'INSERT INTO personalities (id, name, "displayName", "systemPrompt", "updatedAt") VALUES ($1, $2, $2, $2, now())',
+        [${JSON.stringify(pid)}, 'exit'],
+      );
+      await e.queryable.query(
+        'INSERT INTO memories ("personalityId", "channelId", content, embedding) VALUES ($1, $2, $2, array_fill(0.5::real, ARRAY[1536])::vector)',
+        [${JSON.stringify(pid)}, 'c'],
+      );
+      await source.sync();
+      console.log('rows ' + await streamPersonalityMemories(e.queryable, ${JSON.stringify(pid)}, 10, () => true));
+      await source.close();
+      await e.close();
+      console.log('closed');
+    `);
+    expect(r.lines[0]).toBe('rows 1');
     expect(r.exitAfterCloseMs).toBeLessThan(2_000);
   });
 });
