@@ -1,14 +1,14 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DATA_DIR_LOCK_FILE, openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
+import { DATA_DIR_LOCK_FILE, applyEmbeddedMigrations, openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
 import { insertMemory, searchMemories } from '../../src/db/memories.js';
-import { ConfigError } from '../../src/errors.js';
+import { ConfigError, PermanentError } from '../../src/errors.js';
 import { MIGRATIONS_DIR, connect, createMigratedDatabase, seededVectors, type TestDb } from '../helpers/db.js';
 
 const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -216,3 +216,31 @@ describe('the embedded database (PGlite + pgvector): the facts issue 8 relies on
     expect(blob.blob?.size).toBeGreaterThan(19);
   });
 });
+
+describe('applyEmbeddedMigrations', () => {
+  it('a failing migration is rolled back whole and not recorded; the ones before it stay applied', async () => {
+    const db = reopened!.db;
+    const extra = mkdtempSync(join(tmpdir(), 'memory-sync-migrations-'));
+    try {
+      for (const n of names) {
+        mkdirSync(join(extra, n));
+        writeFileSync(join(extra, n, 'migration.sql'), readFileSync(join(MIGRATIONS_DIR, n, 'migration.sql')));
+      }
+      mkdirSync(join(extra, '20990101000000_good'));
+      writeFileSync(join(extra, '20990101000000_good', 'migration.sql'), 'CREATE TABLE good_one (x int);');
+      mkdirSync(join(extra, '20990102000000_bad'));
+      writeFileSync(join(extra, '20990102000000_bad', 'migration.sql'), 'CREATE TABLE bad_one (x int);\nSELECT 1/0;');
+      const err = await applyEmbeddedMigrations(db, extra, logger).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PermanentError);
+      expect((err as PermanentError).sqlState).toBe('22012');
+      expect((err as Error).message).toContain('20990102000000_bad');
+      const recorded = (await db.query<{ migration_name: string }>('SELECT migration_name FROM _prisma_migrations ORDER BY 1')).rows;
+      expect(recorded.map((r) => r.migration_name)).toEqual([...names, '20990101000000_good']);
+      const tables = (await db.query<{ t: string | null; b: string | null }>(`SELECT to_regclass('good_one')::text AS t, to_regclass('bad_one')::text AS b`)).rows[0]!;
+      expect(tables).toEqual({ t: 'good_one', b: null });
+    } finally {
+      rmSync(extra, { recursive: true, force: true });
+    }
+  });
+});
+
