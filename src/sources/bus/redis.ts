@@ -236,12 +236,15 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
       retryStrategy: (times) => (everReady && !this.closed ? backoffDelay(times, this.o.backoff) : null),
       scripts: { msPublish: { lua: PUBLISH_LUA, numberOfKeys: 4 } },
     });
-    cmd.on('error', () => {}); // surfaced through command rejections and close events
+    // Errors surface through command rejections and close events; a refused
+    // AUTH only as an error event, before connect() rejects with "Connection is closed".
+    let lastError: Error | undefined;
+    cmd.on('error', (err: Error) => (lastError = err));
     try {
       await cmd.connect();
     } catch (err) {
       cmd.disconnect();
-      throw classify(err, 'the connection');
+      throw classify(lastError ?? err, 'the connection');
     }
     if (this.closed) {
       cmd.disconnect();
@@ -312,12 +315,13 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
       commandTimeout: o.blockMs + 2_000,
       retryStrategy: () => null, // a broken subscription is replaced, not resumed underneath us
     });
-    reader.on('error', () => {});
+    let lastError: Error | undefined;
+    reader.on('error', (err: Error) => (lastError = err));
     try {
       await reader.connect();
     } catch (err) {
       reader.disconnect();
-      throw classify(err, 'the subscriber connection');
+      throw classify(lastError ?? err, 'the subscriber connection');
     }
     this.readers.add(reader);
     let open = true;

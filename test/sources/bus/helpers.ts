@@ -4,7 +4,7 @@ import { connect as natsConnect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Redis } from 'ioredis';
 import pino from 'pino';
-import type { Bus, BusEntry, BusKind, BusSubscription, StreamState } from '../../../src/sources/bus/bus.js';
+import type { Bus, BusCursor, BusEntry, BusKind, BusSubscription, StreamState } from '../../../src/sources/bus/bus.js';
 import { NatsBus, type NatsBusOptions } from '../../../src/sources/bus/nats.js';
 import { RedisBus, type RedisBusOptions } from '../../../src/sources/bus/redis.js';
 import type { ChangeEvent } from '../../../src/sources/change-event.js';
@@ -138,7 +138,7 @@ export class Collector {
 
   static async on(bus: Bus, from?: { seq: number; position: string }): Promise<Collector> {
     const c = new Collector();
-    const start = from ?? (await bus.state().then((s: StreamState) => ({ seq: s.lastSeq, position: s.lastPosition })));
+    const start: BusCursor = from ?? (await bus.state().then((s: StreamState) => ({ seq: s.lastSeq, position: s.lastPosition })));
     c.sub = await bus.subscribe(start, {
       entry: (e) => {
         c.entries.push(e);
