@@ -64,9 +64,11 @@ function program(out: { code: number }): Command {
     )
     .option('--migrations-dir <dir>', "memory-sync's migrations", DEFAULT_MIGRATIONS_DIR)
     .option('--schema <file>', "memory-sync's Prisma schema", DEFAULT_SCHEMA_PATH)
+    .option('--no-record', "do not record memory-sync's migrations (your own migrations folder carries its SQL; see docs/adopting.md)")
     .addOption(shadowOption())
-    .action(async (o: { migrationsDir: string; schema: string; shadowDatabaseUrl?: string }) => {
+    .action(async (o: { migrationsDir: string; schema: string; record: boolean; shadowDatabaseUrl?: string }) => {
       const result = await adopt({
+        record: o.record,
         databaseUrl: databaseUrl(),
         migrationsDir: o.migrationsDir,
         schemaPath: o.schema,

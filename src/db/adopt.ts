@@ -184,6 +184,14 @@ export interface AdoptOptions {
    * @defaultValue 5000 ms
    */
   lockTimeoutMs?: number;
+  /**
+   * Record memory-sync's migrations in `_prisma_migrations`. Off when your own
+   * migrations folder carries memory-sync's SQL (one history, see
+   * docs/adopting.md): rows your folder lacks make `prisma migrate dev` ask
+   * for a reset.
+   * @defaultValue true
+   */
+  record?: boolean;
   log?: (line: string) => void;
 }
 
@@ -203,6 +211,7 @@ const adoptSchema = z.object({
   schemaPath: z.string().min(1),
   sqlDir: z.string().min(1),
   lockTimeoutMs: z.number().int().min(0).max(2_147_483_647).default(5_000),
+  record: z.boolean().default(true),
 });
 
 const VECTOR_INDEX = PROTECTED_INDEXES[0]!;
@@ -234,6 +243,7 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     schemaPath: options.schemaPath,
     sqlDir: options.sqlDir,
     lockTimeoutMs: options.lockTimeoutMs,
+    record: options.record,
   });
   const log = options.log ?? (() => {});
   const [extensionSql, notifySql, indexSql] = await Promise.all(
@@ -268,7 +278,7 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     const vectorIndex = await ensureVectorIndex(c, createIndex);
     log(`${VECTOR_INDEX}: ${vectorIndex}`);
 
-    const pending = migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name));
+    const pending = o.record ? migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name)) : [];
     if (pending.length) {
       const schema = { path: o.schemaPath, content: await readFile(o.schemaPath, 'utf8') };
       const handle = await openSchemaEngine(o.databaseUrl, schema, log);

@@ -187,6 +187,28 @@ describe('adopt: a database whose tables the bot already made', () => {
   });
 });
 
+describe('adopt with record: false (your own migrations carry the SQL)', () => {
+  let db: TestDb;
+  beforeAll(async () => {
+    db = await botDatabase(TABLES);
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('installs the triggers and the index and records nothing', async () => {
+    expect(await adopt({ ...opts(db.url), record: false })).toEqual({ recorded: [], alreadyRecorded: [], vectorIndex: 'created' });
+    expect(await memorySyncObjects(db.url)).toHaveLength(14); // 12 triggers, the function, the index
+    const c = await connect(db.url);
+    try {
+      const r = await c.query('SELECT migration_name FROM _prisma_migrations');
+      expect(r.rows.map((row) => row.migration_name)).toEqual(['20250101000000_bot_init']);
+    } finally {
+      await c.end();
+    }
+  });
+});
+
 describe('adopt: an incompatible database', () => {
   let bad: TestDb;
   let empty: TestDb;
