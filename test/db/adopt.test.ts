@@ -209,6 +209,39 @@ describe('adopt with record: false (your own migrations carry the SQL)', () => {
   });
 });
 
+describe('adopt after `memory-sync migrate` failed on the bot database', () => {
+  let db: TestDb;
+  let botMigrations: string;
+  beforeAll(async () => {
+    db = await botDatabase(TABLES);
+    botMigrations = mkdtempSync(join(tmpdir(), 'ms-bot-'));
+    mkdirSync(join(botMigrations, '20250101000000_bot_init'));
+    writeFileSync(join(botMigrations, '20250101000000_bot_init', 'migration.sql'), TABLES);
+  });
+  afterAll(async () => {
+    await db?.drop();
+    if (botMigrations) rmSync(botMigrations, { recursive: true, force: true });
+  });
+
+  it("repairs the failed row that blocks the bot's own migrate deploy", async () => {
+    // The init migration collides with the bot's tables and is recorded as failed ...
+    await expect(migrate({ databaseUrl: db.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).rejects.toThrow(/already exists/);
+    // ... which stops the bot's deploys (P3009).
+    await expect(migrate({ databaseUrl: db.url, migrationsDir: botMigrations, schemaPath: SCHEMA_PATH })).rejects.toThrow(/failed migrations/);
+
+    expect((await adopt(opts(db.url))).recorded).toEqual(OURS);
+    const c = await connect(db.url);
+    try {
+      const r = await c.query(`SELECT migration_name, rolled_back_at IS NOT NULL AS rolled_back FROM _prisma_migrations WHERE finished_at IS NULL`);
+      expect(r.rows).toEqual([{ migration_name: OURS[0], rolled_back: true }]);
+    } finally {
+      await c.end();
+    }
+    expect((await migrate({ databaseUrl: db.url, migrationsDir: botMigrations, schemaPath: SCHEMA_PATH })).applied).toEqual([]);
+    expect((await migrate({ databaseUrl: db.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).applied).toEqual([]);
+  });
+});
+
 describe('adopt: an incompatible database', () => {
   let bad: TestDb;
   let empty: TestDb;
