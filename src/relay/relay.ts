@@ -138,11 +138,13 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
     if (info.lost) enqueue(gap(`notifications lost: ${info.lost}`));
     else if (info.first && o.gapOnStart) enqueue(gap('relay started; changes committed before it listened were not relayed by it'));
   };
+  const onLost = (reason: string) => enqueue(gap(`changes lost: ${reason}`));
   const onDown = (reason: string) => log.warn({ reason }, 'relay source down');
   source.on('change', onChange);
   source.on('barrier', onBarrier);
   source.on('invalid', onInvalid);
   source.on('up', onUp);
+  source.on('lost', onLost);
   source.on('down', onDown);
 
   stop.signal.addEventListener('abort', () => wake?.(), { once: true });
@@ -201,6 +203,7 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
         source.off('barrier', onBarrier);
         source.off('invalid', onInvalid);
         source.off('up', onUp);
+        source.off('lost', onLost);
         await source.close().catch((err: Error) => log.warn({ err: { message: err.message } }, 'closing the source failed'));
         if (drainMs > 0) {
           let timer: NodeJS.Timeout | undefined;

@@ -36,7 +36,7 @@ export interface BusSourceStats {
   barriers: number;
   /** Unreadable entries and relayed unreadable notifications (each flushes). */
   invalid: number;
-  /** `up` events with `lost` set: the cache core flushed. */
+  /** `lost` events and `up` events with `lost` set: each made the cache core flush. */
   gapFlushes: number;
   /** Reconnects that resumed at last + 1: nothing lost, no flush. */
   resumes: number;
@@ -71,9 +71,10 @@ export function continuityProblem(cursor: Cursor, state: StreamState): string | 
  * Change events from a bus that relays fill (src/relay/relay.ts). Holds no
  * PostgreSQL connection. Remembers the last sequence applied; after a
  * disconnect it resumes at the next one, emits exactly the missed changes,
- * and only then `up` with `lost: null` — no flush. It reports `lost` (and the
+ * and only then `up` with `lost: null` — no flush. It reports a loss (and the
  * cache core flushes) only when it cannot prove continuity: the stream was
- * trimmed past it, recreated, or lost, or a relay reports a gap.
+ * trimmed past it, recreated, or lost, or a relay reports a gap. Found on
+ * resume, the reason is `up`'s `lost`; found while up, a `lost` event.
  */
 export class BusSource extends EventEmitter<ChangeSourceEvents> implements ChangeSource {
   readonly name: BusKind;
@@ -333,13 +334,13 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
     }
   }
 
-  /** Changes may have been missed: the core flushes at the next `up`, at once when up now. */
+  /** Changes may have been missed: the core flushes now (`lost`) when up, else at the next `up`. */
   private lost(reason: string): void {
     if (this._state === 'up') {
-      this._state = 'down';
-      this.emit('down', reason);
-      this.pendingLost = reason;
-      this.maybeUp();
+      this._stats.gapFlushes++;
+      this._stats.lastGapReason = reason;
+      this.logger.warn({ source: this.name, reason, lastSequence: this.cursor?.seq }, 'bus continuity lost; caches flush');
+      this.emit('lost', reason);
       return;
     }
     this.pendingLost ??= reason;
