@@ -54,8 +54,9 @@ const mb = (bytes: number) => round(bytes / 2 ** 20);
  * Opens a backend in a fresh Node process and reports that process's RSS:
  * what `memory-sync start` would hold, without this process's history.
  */
-function inFreshProcess(open: string): { rss: number; ms: number } {
+function inFreshProcess(imports: string, open: string): { rss: number; ms: number } {
   const script = `
+    ${imports}
     const t = performance.now();
     ${open}
     const ms = performance.now() - t;
@@ -153,19 +154,21 @@ export async function benchEmbedded(options: EmbeddedBenchOptions = {}): Promise
     const pgCreateMs = performance.now() - t;
     pool = new pg.Pool({ connectionString: u.toString(), max: 2, options: '-c ivfflat.iterative_scan=relaxed_order -c ivfflat.probes=1' });
 
-    // Start-up, each in a fresh process: a new data directory (initdb +
-    // migrations), a reopen, and a pg.Pool's first query as the baseline.
+    // Start-up, each in a fresh process (timed from after the imports): a new
+    // data directory (initdb + migrations), a reopen, and a pg.Pool's first
+    // query as the baseline.
     const embeddedModule = JSON.stringify(new URL('../src/db/embedded.js', import.meta.url).href);
-    const openDir = `const { openEmbedded } = await import(${embeddedModule});
-      const pino = (await import('pino')).default;
-      const e = await openEmbedded({ dataDir: ${JSON.stringify(dir)}, logger: pino({ level: 'silent' }) });
+    const embeddedImports = `const { openEmbedded } = await import(${embeddedModule}); const pino = (await import('pino')).default;`;
+    const openDir = `const e = await openEmbedded({ dataDir: ${JSON.stringify(dir)}, logger: pino({ level: 'silent' }) });
       const close = () => e.close();`;
-    const cold = inFreshProcess(openDir);
-    const reopen = inFreshProcess(openDir);
-    const server = inFreshProcess(`const pg = (await import('pg')).default;
-      const pool = new pg.Pool({ connectionString: ${JSON.stringify(u.toString())} });
+    const cold = inFreshProcess(embeddedImports, openDir);
+    const reopen = inFreshProcess(embeddedImports, openDir);
+    const server = inFreshProcess(
+      `const pg = (await import('pg')).default;`,
+      `const pool = new pg.Pool({ connectionString: ${JSON.stringify(u.toString())} });
       await pool.query('SELECT 1');
-      const close = () => pool.end();`);
+      const close = () => pool.end();`,
+    );
     rows.push({ figure: 'cold start, new database', unit: 'ms', embedded: round(cold.ms), postgres: round(pgCreateMs), baseline: 'CREATE DATABASE + migrate on the server' });
     rows.push({ figure: 'reopen / connect', unit: 'ms', embedded: round(reopen.ms), postgres: round(server.ms), baseline: 'pg.Pool first query, fresh process' });
     rows.push({ figure: 'process RSS after open (new dir)', unit: 'MB', embedded: mb(cold.rss), postgres: mb(server.rss), baseline: 'pg.Pool, fresh process (server not counted)' });

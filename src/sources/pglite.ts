@@ -66,7 +66,8 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
    * Resolves once every change committed before the call has been emitted:
    * a NOTIFY on the barrier channel through the same session comes back
    * after them. Rejects with DatabaseUnavailableError when not up, when the
-   * database is closed, or when the token is not back within `timeoutMs`.
+   * database is closed, or when the token is not back within `timeoutMs`
+   * (@defaultValue 5000, as the LISTEN source; in process it takes well under 1 ms).
    */
   sync(timeoutMs = 5_000): Promise<void> {
     if (this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
