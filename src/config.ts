@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './client/options.js';
 import { ConfigError } from './errors.js';
+import { MAX_TIMER_MS, postgresUrl } from './validation/primitives.js';
 
 export type Env = Record<string, string | undefined>;
 
@@ -22,7 +23,10 @@ export interface JobsConfig {
 }
 
 export interface SidecarConfig {
-  databaseUrl: string;
+  /** PostgreSQL; undefined runs on the embedded database in `dataDir`. */
+  databaseUrl: string | undefined;
+  /** The embedded database's directory (when there is no DATABASE_URL). */
+  dataDir: string;
   host: string;
   port: number;
   logLevel: LogLevel;
@@ -38,17 +42,7 @@ export interface SidecarConfig {
   engine: ResolvedOptions;
 }
 
-const POSTGRES_URL = /^postgres(ql)?:\/\//;
-const url = z
-  .string()
-  .regex(POSTGRES_URL, 'must start with postgres:// or postgresql://')
-  .refine((s) => {
-    try {
-      return new URL(s).hostname !== '' || /[?&]host=/.test(s);
-    } catch {
-      return false;
-    }
-  }, 'is not a valid URL (check the host and a port from 1 to 65535)');
+const url = postgresUrl;
 // An IP address or a DNS name: a typo fails here, naming the variable, not at listen().
 const host = z
   .string()
@@ -61,8 +55,6 @@ const whole = z
   .transform(Number)
   .pipe(z.number().int().max(Number.MAX_SAFE_INTEGER));
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => whole.pipe(z.number().min(min).max(max));
-// Node fires a longer setTimeout after 1 ms: a huge interval would become a busy loop.
-const MAX_TIMER_MS = 2_147_483_647;
 const timerMs = (min: number) => int(min, MAX_TIMER_MS);
 const bool = z
   .string()
@@ -105,8 +97,8 @@ function read<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {
   return result.data;
 }
 
-function engineOptions(env: Env, databaseUrl: string): ResolvedOptions {
-  const options: Record<string, unknown> = { databaseUrl };
+function engineOptions(env: Env, databaseUrl: string | undefined, dataDir: string): ResolvedOptions {
+  const options: Record<string, unknown> = { databaseUrl, embedded: { dataDir } };
   for (const [name, path] of ENGINE_VARIABLES) {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
@@ -128,10 +120,11 @@ function engineOptions(env: Env, databaseUrl: string): ResolvedOptions {
 
 /** Reads the sidecar's configuration; throws ConfigError naming the first bad variable. */
 export function loadConfig(env: Env = process.env): SidecarConfig {
-  const databaseUrl = read(env, 'DATABASE_URL', url, '');
-  if (!databaseUrl) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db)');
+  const databaseUrl = read(env, 'DATABASE_URL', url, '') || undefined;
+  const dataDir = read(env, 'MEMORY_SYNC_DATA_DIR', z.string(), './.memory-sync');
   return {
     databaseUrl,
+    dataDir,
     host: read(env, 'MEMORY_SYNC_HOST', host, '127.0.0.1'),
     port: read(env, 'MEMORY_SYNC_PORT', int(0, 65_535), 7420),
     logLevel: read(env, 'LOG_LEVEL', z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }), 'info'),
@@ -146,6 +139,6 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
       intervalMs: read(env, 'MEMORY_SYNC_JOB_INTERVAL_MS', timerMs(0), 3_600_000),
       indexGuardIntervalMs: read(env, 'MEMORY_SYNC_INDEX_GUARD_INTERVAL_MS', timerMs(0), 300_000),
     },
-    engine: engineOptions(env, databaseUrl),
+    engine: engineOptions(env, databaseUrl, dataDir),
   };
 }

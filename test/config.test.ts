@@ -18,6 +18,7 @@ describe('loadConfig', () => {
   it('has the documented defaults', () => {
     expect(loadConfig({ DATABASE_URL: URL })).toEqual({
       databaseUrl: URL,
+      dataDir: './.memory-sync',
       host: '127.0.0.1',
       port: 7420,
       logLevel: 'info',
@@ -36,6 +37,7 @@ describe('loadConfig', () => {
         queryTimeoutMs: 30_000,
         retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2000 },
         summaryIntervalMs: 60_000,
+        embedded: { dataDir: './.memory-sync', inMemory: false },
       },
     });
   });
@@ -132,6 +134,8 @@ describe('loadConfig', () => {
       expect(err.message).toMatch(message);
       expect(err.message.startsWith(`${variable}: `)).toBe(true);
     }
-    expect(() => loadConfig({})).toThrow(/^DATABASE_URL: is required/);
+    // No DATABASE_URL: the embedded database, in ./.memory-sync unless MEMORY_SYNC_DATA_DIR says otherwise.
+    expect(loadConfig({})).toMatchObject({ databaseUrl: undefined, dataDir: './.memory-sync', engine: { embedded: { dataDir: './.memory-sync' } } });
+    expect(loadConfig({ MEMORY_SYNC_DATA_DIR: '/tmp/x' }).engine.embedded.dataDir).toBe('/tmp/x');
   });
 });

@@ -14,19 +14,27 @@ import {
   streamPersonalityMemories,
   type SimilarMemory,
 } from '../db/memories.js';
+import { openEmbedded, type EmbeddedDatabase } from '../db/embedded.js';
+import { deletePersonality, loadPersonality, upsertPersonality, type PersonalityRecord } from '../db/personalities.js';
 import { createPool } from '../db/pool.js';
-import { createPrisma, type LlmConfig, type Personality, type PrismaClient } from '../db/prisma.js';
-import { withRetry, type RetryOptions } from '../db/retry.js';
+import { createPrisma, type PrismaClient } from '../db/prisma.js';
+import { postgresDatabase, type Database } from '../db/queryable.js';
+import { isTransient, toPermanent, withRetry, type RetryOptions } from '../db/retry.js';
+import { assertMigrated } from '../db/schema-check.js';
+import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
-import { ConfigError, NotFoundError, QueryError } from '../errors.js';
+import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../errors.js';
 import { LogLimiter } from '../log-limit.js';
 import { PgListenSource } from '../sources/pg-listen.js';
+import { PgliteSource } from '../sources/pglite.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
 import { validateId, validateSearch, validateStore, type SearchInput, type StoreInput } from '../validation/memory.js';
+import { validatePersonalityInput, type PersonalityInput } from '../validation/personality.js';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './options.js';
 
-export type PersonalityWithConfig = Personality & { llmConfig: LlmConfig | null };
-export type { SimilarMemory, SearchInput, StoreInput };
+/** A personality with its LLM config, as Prisma's findUnique({ include: { llmConfig: true } }) returns it. */
+export type PersonalityWithConfig = PersonalityRecord;
+export type { SimilarMemory, SearchInput, StoreInput, PersonalityInput };
 
 /** What a change did to the caches. */
 export type InvalidationAction = ChangeAction;
@@ -61,6 +69,10 @@ export interface MemoryClient {
   findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]>;
   storeMemory(input: StoreInput): Promise<string>;
   deleteMemory(id: string): Promise<boolean>;
+  /** Creates or replaces a personality (and its LLM config); the caller reads its own write. */
+  upsertPersonality(id: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }>;
+  /** Deletes a personality with its config and memories; false when there was none. */
+  deletePersonality(id: string): Promise<boolean>;
   /** Resolves once every change committed before the call has been applied (read-your-writes across processes). */
   sync(timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
@@ -77,10 +89,15 @@ const CORE_EVENTS = ['invalidation', 'invalid', 'flush', 'down', 'reconnect', 'u
 export class MemorySync extends EventEmitter<MemorySyncEvents> implements MemoryClient {
   readonly options: ResolvedOptions;
   readonly logger: Logger;
-  readonly pool: pg.Pool;
-  readonly prisma: PrismaClient;
-  readonly source: ChangeSource;
+  /** "postgres" with a DATABASE_URL or a pool; "embedded" (PGlite in process) without. */
+  readonly backend: 'postgres' | 'embedded';
   readonly core: CacheCore<PersonalityWithConfig>;
+  private readonly _pool: pg.Pool | undefined;
+  private _prisma: PrismaClient | undefined;
+  private _database: Database | undefined;
+  private embedded: EmbeddedDatabase | undefined;
+  private _source: ChangeSource | undefined;
+  private readonly dataDir: string | undefined;
   private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
   private pgvectorSearches = 0;
@@ -103,43 +120,78 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       onRetry: (err, attempt) =>
         this.warnings.warn('retry', { attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
     };
-    if (options.pool) {
-      this.pool = options.pool;
-      this.ownsPool = false;
+    this.ownsPool = !options.pool;
+    if (options.pool || o.databaseUrl) {
+      this.backend = 'postgres';
+      this._pool =
+        options.pool ??
+        createPool({ databaseUrl: o.databaseUrl!, max: o.poolSize, ivfflatProbes: o.ivfflatProbes, queryTimeoutMs: o.queryTimeoutMs, logger: this.logger });
+      this._database = postgresDatabase(this._pool);
+      const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this._pool);
+      if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
+      this._source = new PgListenSource({
+        databaseUrl: listenUrl,
+        logger: this.logger,
+        paranoidIntervalMs: o.listener.paranoidIntervalMs,
+        queryTimeoutMs: o.listener.queryTimeoutMs,
+        backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
+      });
     } else {
-      if (!o.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db), or pass `pool`');
-      this.pool = createPool({ databaseUrl: o.databaseUrl, max: o.poolSize, ivfflatProbes: o.ivfflatProbes, queryTimeoutMs: o.queryTimeoutMs, logger: this.logger });
-      this.ownsPool = true;
+      this.backend = 'embedded';
+      this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
-    this.prisma = createPrisma(this.pool);
-    const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this.pool);
-    if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
-    this.source = new PgListenSource({
-      databaseUrl: listenUrl,
-      logger: this.logger,
-      paranoidIntervalMs: o.listener.paranoidIntervalMs,
-      queryTimeoutMs: o.listener.queryTimeoutMs,
-      backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
-    });
 
     const store: HotSetStore = {
-      count: (pid, limit) => withRetry(() => countPersonalityMemories(this.pool, pid, limit), this.retry),
+      count: (pid, limit) => withRetry(() => countPersonalityMemories(this.db(), pid, limit), this.retry),
       stream: (pid, limit, onRow, signal) =>
-        withRetry(async () => void (await streamPersonalityMemories(this.pool, pid, limit, onRow, signal)), { ...this.retry, signal }),
-      fetch: (ids) => withRetry(() => fetchMemoriesByIds(this.pool, ids), this.retry),
+        withRetry(async () => void (await streamPersonalityMemories(this.db(), pid, limit, onRow, signal)), { ...this.retry, signal }),
+      fetch: (ids) => withRetry(() => fetchMemoriesByIds(this.db(), ids), this.retry),
     };
     this.core = new CacheCore<PersonalityWithConfig>({
       logger: this.logger,
       personalities: o.personalities,
-      loadPersonality: (id) => this.loadPersonality(id),
+      loadPersonality: (id) => withRetry(() => loadPersonality(this.db(), id), this.retry),
       hotSets: { store, ...o.hotSets },
       hooks,
     });
-    this.core.connect(this.source);
+    if (this._source) this.core.connect(this._source);
     for (const name of CORE_EVENTS) this.core.on(name, (...args: unknown[]) => (this.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args));
     this.core.on('invalid', (reason, sample) => this.warnings.warn('invalid', { reason, sample }, 'invalid notification ignored'));
     this.core.on('down', (reason) => this.logger.warn({ reason, source: this.source.name }, 'change source down; serving from the database'));
     this.core.on('reconnect', (lost) => this.logger.warn({ lost, source: this.source.name }, lost ? 'change source back; caches flushed' : 'change source resumed; nothing lost'));
+  }
+
+  /** The change source: LISTEN on PostgreSQL, in-process listen on the embedded database (after start()). */
+  get source(): ChangeSource {
+    if (!this._source) throw new DatabaseUnavailableError('the embedded database is not open yet: call start() first');
+    return this._source;
+  }
+
+  /** The change source's state without throwing: "idle" before start(). */
+  get sourceState(): SourceState {
+    return this._source?.state ?? 'idle';
+  }
+
+  /** The pg pool (PostgreSQL backend only): your own when passed as `options.pool`. */
+  get pool(): pg.Pool {
+    if (!this._pool) throw new ConfigError('pool', 'the embedded database has no pg pool; set DATABASE_URL to use PostgreSQL');
+    return this._pool;
+  }
+
+  /** A PrismaClient on the same pool (PostgreSQL backend only), made on first use. */
+  get prisma(): PrismaClient {
+    this._prisma ??= createPrisma(this.pool);
+    return this._prisma;
+  }
+
+  /** The database behind the seam (src/db/queryable.ts): the pool, or the embedded database after start(). */
+  get database(): Database {
+    return this.db();
+  }
+
+  private db(): Database {
+    if (!this._database) throw new DatabaseUnavailableError('the embedded database is not open yet: call start() first');
+    return this._database;
   }
 
   /**
@@ -147,10 +199,37 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
    * PermanentError (wrong database, bad password) instead of retrying forever.
    */
   async start(): Promise<void> {
+    if (this.backend === 'embedded' && !this.embedded) {
+      this.embedded = await openEmbedded({ dataDir: this.dataDir, logger: this.logger, ivfflatProbes: this.options.ivfflatProbes });
+      this._database = this.embedded.queryable;
+      this._source = new PgliteSource({ db: this.embedded.db, logger: this.logger });
+      this.core.connect(this._source);
+    }
+    await this.checkSchema();
     await this.source.start();
     if (this.options.summaryIntervalMs > 0) {
       this.summaryTimer = setInterval(() => this.logger.info({ stats: this.stats() }, 'memory-sync summary'), this.options.summaryIntervalMs);
       this.summaryTimer.unref();
+    }
+  }
+
+  /**
+   * Waits out an unreachable database (with the reconnect backoff); a
+   * missing schema, wrong database or bad password rejects at once.
+   */
+  private async checkSchema(): Promise<void> {
+    const signal = this.lifetime.signal;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await assertMigrated(this.db());
+        return;
+      } catch (err) {
+        const permanent = err instanceof PermanentError ? err : toPermanent(err);
+        if (permanent) throw permanent;
+        if (signal.aborted || !isTransient(err)) throw err;
+        this.warnings.warn('start', { attempt, err }, 'database not reachable yet; retrying');
+        await sleepUnlessAborted(backoffDelay(attempt), signal);
+      }
     }
   }
 
@@ -169,11 +248,12 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.lifetime.abort();
     clearInterval(this.summaryTimer);
     this.core.close();
-    await this.source.close();
+    await this._source?.close();
     if (this.ownsPool) {
-      await this.prisma.$disconnect().catch(() => {});
-      await this.pool.end().catch(() => {});
+      await this._prisma?.$disconnect().catch(() => {});
+      await this._pool?.end().catch(() => {});
     }
+    await this.embedded?.close();
   }
 
   /** Resolves when every change committed before the call has been applied. */
@@ -200,8 +280,24 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     return this.core.peekPersonality(id);
   }
 
-  private loadPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    return withRetry(() => this.prisma.personality.findUnique({ where: { id }, include: { llmConfig: true } }), this.retry);
+  async upsertPersonality(rawId: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }> {
+    const id = validateId(rawId);
+    const body = validatePersonalityInput(input);
+    try {
+      return await withRetry(() => upsertPersonality(this.db(), id, body), this.retry);
+    } finally {
+      // Whatever the outcome, the next read goes to the database: the write may have committed.
+      this.core.markPersonalityWritten(id);
+    }
+  }
+
+  async deletePersonality(rawId: string): Promise<boolean> {
+    const id = validateId(rawId);
+    try {
+      return await withRetry(() => deletePersonality(this.db(), id), this.retry);
+    } finally {
+      this.core.markPersonalityWritten(id, true);
+    }
   }
 
   async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
@@ -211,14 +307,14 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     const hot = await this.core.search(q.personalityId, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
     if (hot.status === 'hit') return hot.results;
     this.pgvectorSearches++;
-    return withRetry(() => searchMemories(this.pool, q), this.retry);
+    return withRetry(() => searchMemories(this.db(), q), this.retry);
   }
 
   async storeMemory(input: StoreInput): Promise<string> {
     const m = validateStore(input);
     const id = randomUUID();
     try {
-      await withRetry(() => insertMemory(this.pool, { id, ...m }), this.retry);
+      await withRetry(() => insertMemory(this.db(), { id, ...m }), this.retry);
     } catch (err) {
       if (err instanceof QueryError && err.sqlState === '23503') {
         throw new NotFoundError(`personality ${m.personalityId} does not exist`);
@@ -235,7 +331,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     // lost, the retry finds nothing, yet the cached copy must still go.
     const holding = this.core.holding(id);
     try {
-      const personalityId = await withRetry(() => deleteMemoryById(this.pool, id), this.retry);
+      const personalityId = await withRetry(() => deleteMemoryById(this.db(), id), this.retry);
       if (personalityId !== null && !holding.includes(personalityId)) holding.push(personalityId);
       return personalityId !== null;
     } finally {
@@ -259,8 +355,8 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       hotSearches: s.hotSearches,
       pgvectorSearches: this.pgvectorSearches,
       abortedFills: s.abortedFills,
-      listener: this.source.state,
-      source: this.source.name,
+      listener: this.sourceState,
+      source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : 'listen'),
       kernel: kernel().name,
     };
   }

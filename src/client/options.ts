@@ -14,12 +14,14 @@ export const DEFAULTS = {
   queryTimeoutMs: 30_000,
   retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2_000 },
   summaryIntervalMs: 60_000,
+  embedded: { dataDir: './.memory-sync', inMemory: false },
 } as const;
 
 /** Options of createMemorySync(). Every field is optional. */
 export interface MemorySyncOptions {
   /**
    * The database. Ignored when `pool` is given (the pool's own settings win).
+   * With neither, memory-sync runs on an embedded PostgreSQL (see `embedded`).
    * @defaultValue process.env.DATABASE_URL
    */
   databaseUrl?: string | undefined;
@@ -120,6 +122,19 @@ export interface MemorySyncOptions {
    * @defaultValue 60000
    */
   summaryIntervalMs?: number;
+  /** The embedded PostgreSQL (PGlite + pgvector, in process), used when there is no database URL and no pool. */
+  embedded?: {
+    /**
+     * Directory of the embedded database (created and migrated on first start).
+     * @defaultValue process.env.MEMORY_SYNC_DATA_DIR, else "./.memory-sync"
+     */
+    dataDir?: string;
+    /**
+     * Keep it in memory only, gone at close(): for tests and demos.
+     * @defaultValue false
+     */
+    inMemory?: boolean;
+  };
   /** pino logger; defaults to a silent one. */
   logger?: Logger | undefined;
 }
@@ -164,6 +179,12 @@ export const optionsSchema = z.object({
     })
     .prefault({}),
   summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
+  embedded: z
+    .object({
+      dataDir: z.string().min(1).default(D.embedded.dataDir),
+      inMemory: z.boolean().default(D.embedded.inMemory),
+    })
+    .prefault({}),
 });
 
 export type ResolvedOptions = z.output<typeof optionsSchema>;
@@ -172,7 +193,8 @@ export type ResolvedOptions = z.output<typeof optionsSchema>;
 export function resolveOptions(options: MemorySyncOptions, env: Record<string, string | undefined> = process.env): ResolvedOptions {
   const { logger: _l, pool: _p, ...rest } = options as MemorySyncOptions & { hooks?: unknown };
   delete (rest as { hooks?: unknown }).hooks;
-  const input = { ...rest, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
+  const embedded = { ...rest.embedded, dataDir: rest.embedded?.dataDir ?? (env.MEMORY_SYNC_DATA_DIR || undefined) };
+  const input = { ...rest, embedded, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
   const result = optionsSchema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0]!;

@@ -7,7 +7,7 @@ import { EventStream } from '../sources/event-stream.js';
 import { SidecarStreamSource } from '../sources/sidecar-stream.js';
 import { validateId } from '../validation/memory.js';
 import pino from 'pino';
-import type { MemoryClient, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
+import type { MemoryClient, PersonalityInput, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
 
 export interface SidecarClientOptions {
   /** The sidecar's base URL, e.g. http://127.0.0.1:7420. */
@@ -152,6 +152,29 @@ export class SidecarClient implements MemoryClient {
   async storeMemory(input: StoreInput): Promise<string> {
     const r = await this.call('POST', PATHS.memories, toWire(input));
     return (this.expect(r, 201) as { id: string }).id;
+  }
+
+  async upsertPersonality(id: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }> {
+    const key = validateId(id);
+    try {
+      const r = await this.call('PUT', PATHS.personality + key, input);
+      if (r.status !== 200 && r.status !== 201) throw errorFrom(r.status, r.body);
+      return { personality: revivePersonality(r.body), created: r.status === 201 };
+    } finally {
+      this.local?.markPersonalityWritten(key);
+    }
+  }
+
+  async deletePersonality(id: string): Promise<boolean> {
+    const key = validateId(id);
+    try {
+      const r = await this.call('DELETE', PATHS.personality + key);
+      if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return false;
+      this.expect(r, 204);
+      return true;
+    } finally {
+      this.local?.markPersonalityWritten(key, true);
+    }
   }
 
   async deleteMemory(id: string): Promise<boolean> {

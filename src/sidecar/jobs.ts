@@ -1,5 +1,6 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
+import type { Queryable } from '../db/queryable.js';
 
 /**
  * Advisory-lock keys, two-int form: (namespace, job). The two-int key space
@@ -21,6 +22,16 @@ export function dedicatedConnection(databaseUrl: string, applicationName = 'memo
     await client.connect();
     return client;
   };
+}
+
+/**
+ * The embedded database as a job connection: one in-process session, so
+ * the advisory lock is always ours and there is nothing to close.
+ */
+export function embeddedConnection(db: Queryable): Connect {
+  const query = (q: string | { text: string; values?: unknown[] }, values?: unknown[]) =>
+    typeof q === 'string' ? db.query(q, values) : db.query(q.text, q.values);
+  return async () => ({ query, end: async () => {} }) as unknown as pg.Client;
 }
 
 /**

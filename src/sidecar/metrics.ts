@@ -63,7 +63,7 @@ export class SidecarMetrics {
       help: '1 while LISTEN is confirmed, else 0 (cached data is not served).',
       registers,
       collect() {
-        this.set(client.source.isUp ? 1 : 0);
+        this.set(client.sourceState === 'up' ? 1 : 0);
       },
     });
     this.lag = new Histogram({

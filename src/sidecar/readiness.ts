@@ -7,6 +7,8 @@ export interface ReadinessReport {
   /** The change source's name: listen, pglite, nats, redis. */
   source: string;
   shuttingDown: boolean;
+  /** Why it cannot become ready by waiting alone (e.g. the database is not migrated), and what to do. */
+  problem?: string;
 }
 
 interface ListenerView {
@@ -24,6 +26,7 @@ interface ListenerView {
 export class Readiness {
   poolUp = false;
   shuttingDown = false;
+  problem: string | undefined;
   private listener: ListenerView | undefined;
 
   attach(listener: ListenerView): void {
@@ -41,6 +44,7 @@ export class Readiness {
       listener: this.listener?.state ?? 'idle',
       source: this.listener?.name ?? 'none',
       shuttingDown: this.shuttingDown,
+      ...(this.problem ? { problem: this.problem } : {}),
     };
   }
 }

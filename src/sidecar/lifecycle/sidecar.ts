@@ -3,19 +3,21 @@ import type { Logger } from 'pino';
 import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
 import type { SidecarConfig } from '../../config.js';
 import { migrate } from '../../db/migrate.js';
-import { toPermanent } from '../../db/retry.js';
+import { NotMigratedError } from '../../errors.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../../paths.js';
 import { EventHub } from '../events.js';
-import { dedicatedConnection, type Scheduler } from '../jobs.js';
+import { dedicatedConnection, embeddedConnection, type Scheduler } from '../jobs.js';
 import { startMaintenance } from '../maintenance.js';
 import { SidecarMetrics } from '../metrics.js';
 import { NotificationLog } from '../notification-log.js';
 import { Readiness } from '../readiness.js';
 import { buildServer } from '../server.js';
-import { backoffDelay, sleepUnlessAborted } from '../../sources/backoff.js';
+import { sleepUnlessAborted } from '../../sources/backoff.js';
 
 /** Leaves room, before the 10 s backstop, for one more pool connect attempt (5 s) to fail. */
 const DRAIN_GRACE_MS = 4_000;
+/** How often an unmigrated database is checked again. */
+const NOT_MIGRATED_RECHECK_MS = 5_000;
 
 /**
  * One sidecar: engine, HTTP server, notification log, metrics and
@@ -52,7 +54,7 @@ export class Sidecar {
 
   private async startUp(): Promise<string> {
     const { config, logger } = this;
-    if (config.migrate) {
+    if (config.migrate && config.databaseUrl) {
       logger.info('applying migrations (MEMORY_SYNC_MIGRATE)');
       // migrate() serializes concurrent runs on an advisory lock: one instance applies, the others find nothing pending.
       const { applied } = await migrate({
@@ -68,7 +70,17 @@ export class Sidecar {
     const client = createMemorySync({ ...config.engine, logger: logger.child({ component: 'engine' }) });
     this.client = client;
     const readiness = this.readiness;
-    readiness.attach(client.source);
+    readiness.attach({
+      get state() {
+        return client.sourceState;
+      },
+      get isUp() {
+        return client.sourceState === 'up';
+      },
+      get name() {
+        return client.stats().source;
+      },
+    });
     const metrics = new SidecarMetrics(client);
     const events = new EventHub();
     const notifications = new NotificationLog({ logger: logger.child({ component: 'notifications' }), ratePerSecond: config.logRate });
@@ -96,7 +108,7 @@ export class Sidecar {
 
     const app = buildServer({
       client,
-      listenerState: () => client.source.state,
+      listenerState: () => client.sourceState,
       readiness,
       metrics,
       events,
@@ -117,35 +129,36 @@ export class Sidecar {
   }
 
   private async becomeReady(client: MemorySync, metrics: SidecarMetrics): Promise<void> {
-    await Promise.all([this.waitForPool(client), client.start()]);
-    if (this.lifetime.signal.aborted) return;
+    const signal = this.lifetime.signal;
+    // client.start() waits out an unreachable database and rejects on a permanent
+    // error (the process then exits non-zero); an unmigrated schema is waited out
+    // here, 503 on /readyz saying what to run, so a migration run beside us is picked up.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await client.start();
+        break;
+      } catch (err) {
+        if (!(err instanceof NotMigratedError) || signal.aborted) throw err;
+        this.readiness.problem = err.message;
+        if (attempt === 1) this.logger.error({ code: err.code }, err.message);
+        this.readinessChanged('database not migrated');
+        await sleepUnlessAborted(NOT_MIGRATED_RECHECK_MS, signal);
+        if (signal.aborted) return;
+      }
+    }
+    if (signal.aborted) return;
+    this.readiness.problem = undefined;
     this.readiness.poolUp = true;
-    this.readinessChanged('pool and LISTEN connected');
+    this.readinessChanged(`database and change source (${client.stats().source}) up`);
     // Jobs use a connection of their own, direct when MEMORY_SYNC_LISTEN_URL is set
     // (session advisory locks need one backend; a transaction-mode PgBouncer would not give that).
     const jobsUrl = this.config.engine.listener.databaseUrl ?? this.config.databaseUrl;
     this.scheduler = startMaintenance({
-      connect: dedicatedConnection(jobsUrl),
+      connect: jobsUrl ? dedicatedConnection(jobsUrl) : embeddedConnection(client.database),
       logger: this.logger.child({ component: 'jobs' }),
       metrics,
       config: this.config.jobs,
     });
-  }
-
-  /** The pool must answer once before the sidecar calls itself ready; until then, retry with backoff. */
-  private async waitForPool(client: MemorySync): Promise<void> {
-    const signal = this.lifetime.signal;
-    for (let attempt = 1; !signal.aborted; attempt++) {
-      try {
-        await client.pool.query('SELECT 1');
-        return;
-      } catch (err) {
-        const permanent = toPermanent(err);
-        if (permanent) throw permanent;
-        this.logger.warn({ attempt, err: { message: (err as Error).message } }, 'database pool not reachable yet; retrying');
-        await sleepUnlessAborted(backoffDelay(attempt), signal);
-      }
-    }
   }
 
   private readinessChanged(reason: string): void {

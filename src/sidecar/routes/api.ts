@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import type { MemoryClient, SearchInput, StoreInput } from '../../client/memory-sync.js';
+import type { MemoryClient, PersonalityInput, SearchInput, StoreInput } from '../../client/memory-sync.js';
 import { NotFoundError } from '../../errors.js';
 import { parseInput } from '../../validation/parse.js';
 import type { EventHub } from '../events.js';
@@ -33,6 +33,17 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
     const personality = await client.getPersonality(req.params.id);
     if (personality === null) throw new NotFoundError(`personality ${req.params.id} not found`);
     return personality;
+  });
+
+  // 201 when created, 200 when replaced; the body is what GET returns.
+  app.put<{ Params: { id: string }; Body: PersonalityInput }>('/v1/personalities/:id', async (req, reply) => {
+    const { personality, created } = await client.upsertPersonality(req.params.id, req.body);
+    return reply.code(created ? 201 : 200).send(personality);
+  });
+
+  app.delete<{ Params: { id: string } }>('/v1/personalities/:id', async (req, reply) => {
+    if (await client.deletePersonality(req.params.id)) return reply.code(204).send();
+    throw new NotFoundError(`personality ${req.params.id} not found`);
   });
 
   app.post<{ Body: SearchInput }>('/v1/memories/search', async (req) => {
