@@ -77,6 +77,7 @@ function program(out: { code: number }): Command {
       });
       console.log('tables compatible; notify triggers installed on personalities, llm_configs, memories');
       console.log(`${PROTECTED_INDEXES[0]}: ${result.vectorIndex}${result.vectorIndex === 'present' ? '' : ' (CREATE INDEX CONCURRENTLY)'}`);
+      if (result.indexesCreated.length) console.log(`indexes created (CONCURRENTLY): ${result.indexesCreated.join(', ')}`);
       if (result.recorded.length) console.log(`recorded as applied: ${result.recorded.join(', ')}`);
       if (result.alreadyRecorded.length) console.log(`already recorded: ${result.alreadyRecorded.join(', ')}`);
     });

@@ -31,11 +31,20 @@ export interface ColumnShape {
   hasDefault: boolean;
 }
 
+export interface IndexShape {
+  name: string;
+  unique: boolean;
+  /** pg_get_indexdef() from USING on: "USING btree (\"createdAt\")". */
+  definition: string;
+}
+
 export interface TableShape {
   name: string;
   columns: ColumnShape[];
   /** Primary key columns in key order; empty when there is none. */
   primaryKey: string[];
+  /** Valid indexes other than the primary key's. */
+  indexes: IndexShape[];
 }
 
 // Tables memory-sync inserts rows into (insertMemory in src/db/memories.ts);
@@ -60,13 +69,22 @@ const KEYS_SQL = `
    WHERE i.indisprimary AND c.relnamespace = current_schema()::regnamespace
    GROUP BY c.relname`;
 
+const INDEXES_SQL = `
+  SELECT c.relname AS table, x.relname AS name, i.indisunique AS unique,
+         substring(pg_get_indexdef(i.indexrelid) FROM ' (USING .*)$') AS definition
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indrelid
+    JOIN pg_class x ON x.oid = i.indexrelid
+   WHERE NOT i.indisprimary AND i.indisvalid AND c.relnamespace = current_schema()::regnamespace
+   ORDER BY c.relname, x.relname`;
+
 /** The tables of the connection's current schema, as the catalog has them. */
 export async function describeTables(c: pg.ClientBase): Promise<Map<string, TableShape>> {
   const tables = new Map<string, TableShape>();
   const cols = await c.query<ColumnShape & { table: string; column: string }>(TABLES_SQL);
   for (const r of cols.rows) {
     let t = tables.get(r.table);
-    if (!t) tables.set(r.table, (t = { name: r.table, columns: [], primaryKey: [] }));
+    if (!t) tables.set(r.table, (t = { name: r.table, columns: [], primaryKey: [], indexes: [] }));
     t.columns.push({ name: r.column, type: r.type, notNull: r.notNull, hasDefault: r.hasDefault });
   }
   const keys = await c.query<{ table: string; columns: string[] }>(KEYS_SQL);
@@ -74,6 +92,8 @@ export async function describeTables(c: pg.ClientBase): Promise<Map<string, Tabl
     const t = tables.get(r.table);
     if (t) t.primaryKey = r.columns;
   }
+  const indexes = await c.query<IndexShape & { table: string }>(INDEXES_SQL);
+  for (const r of indexes.rows) tables.get(r.table)?.indexes.push({ name: r.name, unique: r.unique, definition: r.definition });
   return tables;
 }
 
@@ -147,6 +167,12 @@ export function compareTables(required: TableShape[], existing: Map<string, Tabl
         }
       }
     }
+    for (const w of want.indexes.filter((i) => i.unique)) {
+      // Creating a unique index could fail on the rows already there: the owner decides.
+      if (!have.indexes.some((h) => h.unique && h.definition === w.definition)) {
+        problems.push(`table ${q(want.name)} has no unique index ${w.definition}, memory-sync needs one (${w.name})`);
+      }
+    }
     if (want.primaryKey.join(',') !== have.primaryKey.join(',')) {
       const key = (k: string[]) => `(${k.map(q).join(', ')})`;
       problems.push(
@@ -156,10 +182,33 @@ export function compareTables(required: TableShape[], existing: Map<string, Tabl
       );
     }
   }
+  for (const w of missingIndexes(required, existing)) {
+    const taken = existing.get(w.table)?.indexes.find((h) => h.name === w.index.name);
+    if (taken) problems.push(`index ${q(w.index.name)} on ${q(w.table)} is ${taken.definition}, memory-sync needs ${w.index.definition}`);
+  }
   if (required.length && required.every((t) => !existing.has(t.name))) {
     problems.push('none of the tables exist: on a database without them, run `memory-sync migrate` instead');
   }
   return problems;
+}
+
+/**
+ * Non-unique indexes the migrations make that the tables lack (compared by
+ * definition, whatever their name): adopt builds them CONCURRENTLY, so the
+ * migrations it records as applied are true of the database. The vector
+ * index is handled apart, by name, as the sidecar's index guard finds it.
+ */
+export function missingIndexes(required: TableShape[], existing: Map<string, TableShape>): { table: string; index: IndexShape }[] {
+  const out: { table: string; index: IndexShape }[] = [];
+  for (const want of required) {
+    const have = existing.get(want.name);
+    if (!have) continue;
+    for (const w of want.indexes) {
+      if (w.unique || PROTECTED_INDEXES.includes(w.name)) continue;
+      if (!have.indexes.some((h) => h.definition === w.definition)) out.push({ table: want.name, index: w });
+    }
+  }
+  return out;
 }
 
 export interface AdoptOptions {
@@ -202,6 +251,8 @@ export interface AdoptResult {
   alreadyRecorded: string[];
   /** What happened to the vector index. */
   vectorIndex: 'created' | 'present' | 'rebuilt';
+  /** Other indexes of memory-sync's migrations the tables lacked, built CONCURRENTLY. */
+  indexesCreated: string[];
 }
 
 const adoptSchema = z.object({
@@ -259,7 +310,8 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
   try {
     // Serialize with `memory-sync migrate` and a second adopt.
     await c.query('SELECT pg_advisory_lock($1)', [MIGRATE_LOCK_KEY]);
-    const problems = compareTables(required, await describeTables(c));
+    const existing = await describeTables(c);
+    const problems = compareTables(required, existing);
     const recorded = await recordedMigrations(c);
     for (const d of migrationsList.migrationDirectories) {
       const r = recorded.get(d.path);
@@ -275,8 +327,14 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     log('notify triggers installed on personalities, llm_configs, memories');
 
     await c.query('SET lock_timeout = 0'); // CONCURRENTLY waits for older transactions by design
-    const vectorIndex = await ensureVectorIndex(c, createIndex);
+    const vectorIndex = await ensureIndex(c, VECTOR_INDEX, createIndex);
     log(`${VECTOR_INDEX}: ${vectorIndex}`);
+    const indexesCreated: string[] = [];
+    for (const { table, index } of missingIndexes(required, existing)) {
+      await ensureIndex(c, index.name, `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${q(index.name)} ON ${q(table)} ${index.definition}`);
+      indexesCreated.push(index.name);
+      log(`${index.name}: created`);
+    }
 
     const pending = o.record ? migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name)) : [];
     if (pending.length) {
@@ -290,7 +348,8 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
         await handle.close();
       }
     }
-    return { recorded: pending, alreadyRecorded: [...recorded.keys()].filter((n) => migrationsList.migrationDirectories.some((d) => d.path === n)), vectorIndex };
+    const alreadyRecorded = [...recorded.keys()].filter((n) => migrationsList.migrationDirectories.some((d) => d.path === n));
+    return { recorded: pending, alreadyRecorded, vectorIndex, indexesCreated };
   } finally {
     await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
     await c.end().catch(() => {});
@@ -311,15 +370,16 @@ async function recordedMigrations(c: pg.Client): Promise<Map<string, string>> {
   return new Map(r.rows.map((row) => [row.migration_name, row.checksum]));
 }
 
-async function ensureVectorIndex(c: pg.Client, createIndex: string): Promise<AdoptResult['vectorIndex']> {
+/** Builds the index unless a valid one has the name; `create` is a CONCURRENTLY statement. */
+async function ensureIndex(c: pg.Client, name: string, create: string): Promise<AdoptResult['vectorIndex']> {
   const found = await c.query<{ valid: boolean }>(
     `SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
       WHERE x.relname = $1 AND x.relnamespace = current_schema()::regnamespace`,
-    [VECTOR_INDEX],
+    [name],
   );
   if (found.rows[0]?.valid) return 'present';
   // An invalid index is what an interrupted CONCURRENTLY build leaves behind.
-  if (found.rows[0]) await c.query(`DROP INDEX CONCURRENTLY IF EXISTS ${VECTOR_INDEX}`);
-  await c.query(createIndex);
+  if (found.rows[0]) await c.query(`DROP INDEX CONCURRENTLY IF EXISTS ${q(name)}`);
+  await c.query(create);
   return found.rows[0] ? 'rebuilt' : 'created';
 }

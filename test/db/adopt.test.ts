@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adopt, compareTables, IncompatibleSchemaError, type TableShape } from '../../src/db/adopt.js';
+import { adopt, compareTables, IncompatibleSchemaError, missingIndexes, type TableShape } from '../../src/db/adopt.js';
 import { migrate } from '../../src/db/migrate.js';
 import {
   MIGRATIONS_DIR,
@@ -92,6 +92,20 @@ async function memorySyncObjects(url: string): Promise<string[]> {
   }
 }
 
+/** Every index of memory-sync's four tables, as defined. */
+async function indexDefinitions(url: string): Promise<string[]> {
+  const c = await connect(url);
+  try {
+    const r = await c.query<{ d: string }>(
+      `SELECT pg_get_indexdef(indexrelid) AS d FROM pg_index
+        WHERE indrelid IN ('personalities'::regclass, 'llm_configs'::regclass, 'memories'::regclass, 'conversation_history'::regclass) ORDER BY 1`,
+    );
+    return r.rows.map((row) => row.d);
+  } finally {
+    await c.end();
+  }
+}
+
 describe('adopt: a database whose tables the bot already made', () => {
   let bot: TestDb;
   let reference: TestDb;
@@ -122,10 +136,12 @@ describe('adopt: a database whose tables the bot already made', () => {
   it('installs triggers and the index, records the migrations, keeps the rows; migrate is then a no-op', async () => {
     expect(await memorySyncObjects(bot.url)).toEqual([]);
     const result = await adopt(opts(bot.url));
-    expect(result).toEqual({ recorded: OURS, alreadyRecorded: [], vectorIndex: 'created' });
+    // The bot's tables lack the TTL index a later migration adds: built, so the record is true.
+    expect(result).toEqual({ recorded: OURS, alreadyRecorded: [], vectorIndex: 'created', indexesCreated: ['conversation_history_createdAt_idx'] });
 
-    // Same triggers, function and index as a database memory-sync migrated itself.
+    // Same triggers, function and indexes as a database memory-sync migrated itself.
     expect(await memorySyncObjects(bot.url)).toEqual(await memorySyncObjects(reference.url));
+    expect(await indexDefinitions(bot.url)).toEqual(await indexDefinitions(reference.url));
 
     const c = await connect(bot.url);
     try {
@@ -182,7 +198,7 @@ describe('adopt: a database whose tables the bot already made', () => {
 
   it('is idempotent', async () => {
     const before = await catalog(bot.url);
-    expect(await adopt(opts(bot.url))).toEqual({ recorded: [], alreadyRecorded: OURS, vectorIndex: 'present' });
+    expect(await adopt(opts(bot.url))).toEqual({ recorded: [], alreadyRecorded: OURS, vectorIndex: 'present', indexesCreated: [] });
     expect(await catalog(bot.url)).toBe(before);
   });
 });
@@ -197,7 +213,7 @@ describe('adopt with record: false (your own migrations carry the SQL)', () => {
   });
 
   it('installs the triggers and the index and records nothing', async () => {
-    expect(await adopt({ ...opts(db.url), record: false })).toEqual({ recorded: [], alreadyRecorded: [], vectorIndex: 'created' });
+    expect(await adopt({ ...opts(db.url), record: false })).toMatchObject({ recorded: [], alreadyRecorded: [], vectorIndex: 'created' });
     expect(await memorySyncObjects(db.url)).toHaveLength(14); // 12 triggers, the function, the index
     const c = await connect(db.url);
     try {
@@ -286,29 +302,38 @@ describe('adopt: an incompatible database', () => {
 
 describe('compareTables', () => {
   const col = (name: string, type: string, notNull = true, hasDefault = false) => ({ name, type, notNull, hasDefault });
+  const byChannel = { name: 'memories_personalityId_channelId_idx', unique: false, definition: 'USING btree ("personalityId", "channelId")' };
+  const nameKey = { name: 'personalities_name_key', unique: true, definition: 'USING btree (name)' };
   const required: TableShape[] = [
-    { name: 'memories', columns: [col('id', 'uuid', true, true), col('metadata', 'jsonb', false), col('createdAt', 'timestamp(3) with time zone', true, true)], primaryKey: ['id'] },
-    { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text')], primaryKey: ['id'] },
+    {
+      name: 'memories',
+      columns: [col('id', 'uuid', true, true), col('metadata', 'jsonb', false), col('createdAt', 'timestamp(3) with time zone', true, true)],
+      primaryKey: ['id'],
+      indexes: [byChannel],
+    },
+    { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text')], primaryKey: ['id'], indexes: [nameKey] },
   ];
   const existing = (tables: TableShape[]) => new Map(tables.map((t) => [t.name, t]));
 
-  it('accepts extra nullable or defaulted columns and extra tables', () => {
+  it('accepts extra nullable or defaulted columns, extra tables, and indexes under other names', () => {
     const ok = existing([
-      { ...required[0]!, columns: [...required[0]!.columns, col('importance', 'integer', true, true), col('note', 'text', false)] },
-      { ...required[1]!, columns: [...required[1]!.columns, col('ownerId', 'text', true, false)] },
-      { name: 'other', columns: [col('x', 'text')], primaryKey: [] },
+      { ...required[0]!, columns: [...required[0]!.columns, col('importance', 'integer', true, true), col('note', 'text', false)], indexes: [] },
+      { ...required[1]!, columns: [...required[1]!.columns, col('ownerId', 'text', true, false)], indexes: [{ ...nameKey, name: 'bot_unique_name' }] },
+      { name: 'other', columns: [col('x', 'text')], primaryKey: [], indexes: [] },
     ]);
     expect(compareTables(required, ok)).toEqual([]);
+    expect(missingIndexes(required, ok)).toEqual([{ table: 'memories', index: byChannel }]);
   });
 
-  it('flags what breaks inserts into memories, NULLs read as NOT NULL and keys', () => {
+  it('flags what breaks inserts into memories, NULLs read as NOT NULL, keys and unique indexes', () => {
     const bad = existing([
       {
         name: 'memories',
         columns: [col('id', 'uuid', true, true), col('metadata', 'jsonb', true), col('createdAt', 'timestamp(3) with time zone', true, false), col('score', 'real', true, false)],
         primaryKey: [],
+        indexes: [{ ...byChannel, definition: 'USING btree ("channelId")' }],
       },
-      { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text', false)], primaryKey: ['name'] },
+      { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text', false)], primaryKey: ['name'], indexes: [{ ...nameKey, unique: false }] },
     ]);
     expect(compareTables(required, bad)).toEqual([
       'column "memories"."metadata" is NOT NULL, memory-sync inserts rows with it NULL',
@@ -316,7 +341,9 @@ describe('compareTables', () => {
       'column "memories"."score" is NOT NULL without a default, memory-sync inserts rows without it',
       'table "memories" has no primary key, memory-sync needs ("id")',
       'column "personalities"."name" allows NULL, memory-sync reads it as NOT NULL',
+      'table "personalities" has no unique index USING btree (name), memory-sync needs one (personalities_name_key)',
       'table "personalities" has primary key ("name"), memory-sync needs ("id")',
+      'index "memories_personalityId_channelId_idx" on "memories" is USING btree ("channelId"), memory-sync needs USING btree ("personalityId", "channelId")',
     ]);
   });
 });
