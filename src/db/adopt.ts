@@ -105,6 +105,10 @@ export interface RequirementOptions {
   databaseUrl?: string;
   /** An empty database to use instead of a temporary one; emptied again after use. */
   shadowDatabaseUrl?: string;
+  /**
+   * Progress lines: shadow databases made and dropped, the schema engine's log.
+   * @defaultValue none: quiet, as a library call should be
+   */
   log?: (line: string) => void;
 }
 
@@ -241,6 +245,10 @@ export interface AdoptOptions {
    * @defaultValue true
    */
   record?: boolean;
+  /**
+   * Progress lines: shadow databases made and dropped, the schema engine's log.
+   * @defaultValue none: quiet, as a library call should be
+   */
   log?: (line: string) => void;
 }
 

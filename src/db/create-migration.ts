@@ -49,6 +49,10 @@ export interface ShadowOptions {
    * @defaultValue undefined: a temporary database on `databaseUrl`'s server
    */
   shadowDatabaseUrl?: string;
+  /**
+   * Progress lines: shadow databases made and dropped, the schema engine's log.
+   * @defaultValue none: quiet, as a library call should be
+   */
   log?: (line: string) => void;
 }
 
