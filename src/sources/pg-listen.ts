@@ -181,13 +181,19 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
     });
   }
 
-  /** Queries on the LISTEN connection, one at a time. */
+  /**
+   * Queries on the LISTEN connection, one at a time. Any failure (a query
+   * timeout on a half-open socket, above all) ends the connection: watch()
+   * then reports it and the loop reconnects.
+   */
   private serial(client: pg.Client, text: string, values?: unknown[]): Promise<unknown> {
     const run = this.queue.then(() => {
       if (client !== this.client) throw new Error('connection replaced');
       return client.query(text, values);
     });
-    this.queue = run.catch(() => {});
+    this.queue = run.catch(() => {
+      if (client === this.client) this.socket?.destroy();
+    });
     return run;
   }
 

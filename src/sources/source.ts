@@ -17,7 +17,7 @@ export interface UpInfo {
 }
 
 export interface ChangeSourceEvents {
-  /** A validated change, in commit order. `receivedAt` is epoch µs (performance clock), like the event's `ts`. */
+  /** A validated change, in commit order. `receivedAt` is epoch ms with a fraction (performance clock), like the event's `ts`. */
   change: [event: ChangeEvent, receivedAt: number];
   /**
    * Input that is not a change we can read. `structured`: it was a JSON

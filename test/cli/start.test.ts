@@ -27,7 +27,7 @@ async function connectionsLeft(self: pg.Client, database: string): Promise<numbe
 describe('memory-sync start: configuration', () => {
   it('exits 2 with a message naming the bad variable, before touching the database', () => {
     const cases: Array<[Record<string, string>, RegExp]> = [
-      [{}, /^memory-sync: invalid configuration: DATABASE_URL: is required/],
+      [{ DATABASE_URL: 'mysql://x' }, /^memory-sync: invalid configuration: DATABASE_URL: must start with postgres/],
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_PORT: 'abc' }, /^memory-sync: invalid configuration: MEMORY_SYNC_PORT: must be a whole number/],
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_POOL_SIZE: '50' }, /^memory-sync: invalid configuration: MEMORY_SYNC_POOL_SIZE: .*20/],
       [{ DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/x', MEMORY_SYNC_MIGRATE: 'sure' }, /^memory-sync: invalid configuration: MEMORY_SYNC_MIGRATE: /],
@@ -39,6 +39,39 @@ describe('memory-sync start: configuration', () => {
       const r = spawnSync(process.execPath, [BIN, 'start'], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' });
       expect(r.status).toBe(2);
       expect(r.stderr).toMatch(message);
+    }
+  });
+});
+
+describe('memory-sync start: permanent errors fail fast, an unmigrated database says what to run', () => {
+  it('exits non-zero within seconds, naming the cause, when the database does not exist', async () => {
+    const url = new URL(process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres');
+    url.pathname = '/ms_no_such_database';
+    const started = Date.now();
+    const child = spawn(process.execPath, [BIN, 'start'], { cwd: ROOT, env: sidecarEnv({ DATABASE_URL: url.toString(), MEMORY_SYNC_PORT: '0' }), stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).not.toBe(0);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(out).toMatch(/ms_no_such_database.{0,4} does not exist: create it or fix DATABASE_URL/);
+  });
+
+  it('keeps /readyz at 503 with the command to run, then becomes ready once migrated', async () => {
+    const db = await createDatabase();
+    dbs.push(db);
+    const sc = await spawnSidecar({ DATABASE_URL: db.url }, { ready: false });
+    try {
+      await sc.waitForLog((l) => /^database not migrated/.test(String(l.msg)));
+      const r = await sc.request('GET', '/readyz');
+      expect(r.status).toBe(503);
+      expect(r.json.problem).toMatch(/run `memory-sync migrate`/);
+      const migrated = spawnSync(process.execPath, [BIN, 'migrate'], { cwd: ROOT, env: sidecarEnv({ DATABASE_URL: db.url }), encoding: 'utf8' });
+      expect(migrated.status).toBe(0);
+      await sc.waitForMsg('ready');
+      expect((await sc.request('GET', '/readyz')).status).toBe(200);
+    } finally {
+      await sc.stop();
     }
   });
 });

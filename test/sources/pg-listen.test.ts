@@ -97,4 +97,64 @@ describe('listener', () => {
     await c.close();
     await proxy.close();
   });
+
+  it('sync() on a half-open connection rejects once, and leaves no rejection behind (issue 12, defect 1)', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const proxy = await new FreezableProxy('127.0.0.1', Number(new URL(t.db.url).port || 5432)).start();
+    try {
+      const c = await client({ listener: { databaseUrl: proxy.urlFor(t.db.url), paranoidIntervalMs: 60_000, queryTimeoutMs: 500 } });
+      proxy.freeze();
+      const err = await c.sync(300).then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: 'unavailable' });
+      await once(c, 'down'); // the NOTIFY's query timeout (500 ms) revealed the dead socket
+      // Past every timer the barrier set (300 ms) and the query timeout: nothing may reject unobserved.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await proxy.close();
+    }
+  });
+
+  it('never runs two queries at once on the LISTEN connection (probe and barriers share one queue)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      const c = await client({ listener: { paranoidIntervalMs: 1 } });
+      await Promise.all(Array.from({ length: 50 }, () => c.sync()));
+      expect(warnings.filter((m) => /already executing a query/.test(m))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('start() rejects at once with a PermanentError for a database that does not exist (issue 12, defect 5)', async () => {
+    const url = new URL(t.db.url);
+    url.pathname = '/ms_no_such_database';
+    const { createMemorySync } = await import('../../src/client/memory-sync.js');
+    const c = t.track(createMemorySync({ databaseUrl: url.toString(), summaryIntervalMs: 0 }));
+    const started = Date.now();
+    const err = await c.start().then(() => null, (e: unknown) => e);
+    expect(err).toMatchObject({ name: 'PermanentError', code: 'permanent', sqlState: '3D000' });
+    expect((err as Error).message).toMatch(/does not exist: create it or fix DATABASE_URL/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
+  it('start() rejects with NotMigratedError on an empty database, naming what to run', async () => {
+    const { createDatabase } = await import('../helpers/db.js');
+    const empty = await createDatabase();
+    try {
+      const { createMemorySync } = await import('../../src/client/memory-sync.js');
+      const c = t.track(createMemorySync({ databaseUrl: empty.url, summaryIntervalMs: 0 }));
+      const err = await c.start().then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ name: 'NotMigratedError', code: 'not_migrated' });
+      expect((err as Error).message).toMatch(/missing table personalities.*run `memory-sync migrate`/);
+      await c.close();
+    } finally {
+      await empty.drop();
+    }
+  });
 });
