@@ -33,3 +33,6 @@ export { INVALIDATION_CHANNEL, parsePayload, type ChangeEvent, type Invalidation
 export { migrate } from './db/migrate.js';
 export { checkMigrations, PROTECTED_INDEXES } from './db/check-migrations.js';
 export { createSidecarClient, SidecarClient, type SidecarClientOptions } from './client/sidecar-client.js';
+export { memorySyncExtension } from './client/prisma-extension.js';
+export type { PersonalityInput } from './validation/personality.js';
+export { BusSource } from './sources/bus-source.js';

@@ -14,7 +14,7 @@ let work: string;
 let files: string[];
 beforeAll(() => {
   work = mkdtempSync(join(tmpdir(), 'ms-pack-'));
-  const [packed] = JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', work], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })) as [
+  const [packed] = JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })) as [
     { filename: string; files: { path: string }[] },
   ];
   files = packed.files.map((f) => f.path);
