@@ -56,7 +56,9 @@ describe.each(KINDS)('BusSource on %s', (kind: BusKind) => {
   });
 
   /** A writer (standing in for a relay) and a subscribing source, optionally through a proxy. */
-  async function setup(options: { proxy?: FreezableProxy; port?: number; notify?: (token: string) => Promise<unknown> } = {}) {
+  async function setup(
+    options: { proxy?: FreezableProxy; port?: number; notify?: (token: string) => Promise<unknown>; bus?: Parameters<typeof makeBus>[2] } = {},
+  ) {
     const stream = uniqueStream();
     const port = options.port ?? (kind === 'nats' ? NATS_PORT : REDIS_PORT);
     const admin = Admin.for(kind, stream, port);
@@ -65,7 +67,7 @@ describe.each(KINDS)('BusSource on %s', (kind: BusKind) => {
     cleanups.push(() => writer.close());
     await writer.connect();
     await writer.ensureStream();
-    const bus = makeBus(kind, stream, { port: options.proxy?.port ?? port });
+    const bus = makeBus(kind, stream, { ...options.bus, port: options.proxy?.port ?? port });
     const source = new BusSource({ bus, logger: silent, backoff: FAST_BACKOFF, notify: options.notify });
     cleanups.push(() => source.close());
     const log = record(source);
@@ -122,6 +124,26 @@ describe.each(KINDS)('BusSource on %s', (kind: BusKind) => {
     await seen(log, after.at(-1)!);
     expect(changes(log)).toEqual([...before, ...missed, ...after]);
     expect(source.stats).toMatchObject({ resumes: 1, gapFlushes: 0, lastSequence: 27 });
+  });
+
+  it('notices a half-open connection, then resumes with nothing lost', async () => {
+    const proxy = await new FreezableProxy('127.0.0.1', kind === 'nats' ? NATS_PORT : REDIS_PORT).start();
+    cleanups.push(() => proxy.close());
+    const { writer, source, log } = await setup({
+      proxy,
+      // Short probes so the test waits for a fraction of a second, not the production ~10 s.
+      bus: { nats: { pingIntervalMs: 200 }, redis: { blockMs: 200, commandTimeoutMs: 500 } },
+    });
+    await source.start();
+    const before = await publishChanges(writer, 3);
+    await seen(log, before.at(-1)!);
+    const down = next(source, 'down');
+    expect(proxy.freeze()).toBeGreaterThan(0); // sockets stay open, nothing passes
+    const missed = await publishChanges(writer, 5);
+    await down;
+    const [info] = await next<BusSource, [UpInfo]>(source, 'up');
+    expect(info).toEqual({ first: false, lost: null });
+    expect(changes(log)).toEqual([...before, ...missed]);
   });
 
   it('reports lost when the stream was trimmed past it while away', async () => {

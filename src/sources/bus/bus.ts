@@ -4,6 +4,8 @@ import { z } from 'zod';
 import { ConfigError } from '../../errors.js';
 import type { BackoffOptions } from '../backoff.js';
 import { invalidationSchema, type ChangeEvent } from '../change-event.js';
+import type { NatsBusOptions } from './nats.js';
+import type { RedisBusOptions } from './redis.js';
 
 /*
  * Fleet mode: relays LISTEN and publish each change to a bus (NATS JetStream
@@ -292,8 +294,15 @@ export interface BusCommonOptions {
   connectTimeoutMs?: number;
 }
 
-/** Connects an engine from a parsed URL; the engine module is loaded only when used. */
-export async function createBus(config: BusConfig, options: BusCommonOptions & Record<string, unknown> = {}): Promise<Bus> {
+/**
+ * Engine options beyond the URL (limits, timeouts); each engine takes the
+ * ones it knows and ignores the rest.
+ */
+export type BusEngineOptions = Omit<Partial<NatsBusOptions>, 'servers' | 'stream' | 'user' | 'pass' | 'tls'> &
+  Omit<Partial<RedisBusOptions>, 'host' | 'port' | 'db' | 'stream' | 'username' | 'password' | 'tls'>;
+
+/** An engine for a parsed URL (not yet connected); the engine module is loaded only when used. */
+export async function createBus(config: BusConfig, options: BusEngineOptions = {}): Promise<Bus> {
   if (config.kind === 'nats') {
     const { NatsBus } = await import('./nats.js');
     return new NatsBus({ ...options, ...config });

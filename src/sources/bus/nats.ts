@@ -225,12 +225,15 @@ export class NatsBus extends EventEmitter<BusEvents> implements Bus {
     this.connected = true;
     this.reconnectAttempt = 0;
     void this.watchStatus(nc);
-    void nc.closed().then((err) => {
-      if (this.nc !== nc) return;
-      this.nc = undefined;
-      this.connected = false;
-      if (!this.closed) this.emit('disconnect', `NATS connection closed${err ? `: ${err.message}` : ''}`);
-    });
+    void nc
+      .closed()
+      .then((err) => {
+        if (this.nc !== nc) return;
+        this.nc = undefined;
+        this.connected = false;
+        if (!this.closed) this.emit('disconnect', `NATS connection closed${err ? `: ${err.message}` : ''}`);
+      })
+      .catch(() => {});
   }
 
   private async watchStatus(nc: NatsConnection): Promise<void> {
@@ -334,7 +337,11 @@ export class NatsBus extends EventEmitter<BusEvents> implements Bus {
       max_messages: 512,
       callback: (m) => {
         if (!open) return;
-        handlers.entry({ seq: m.seq, position: String(m.seq), epoch: null, parsed: parseBusMessage(m.string()) });
+        try {
+          handlers.entry({ seq: m.seq, position: String(m.seq), epoch: null, parsed: parseBusMessage(m.string()) });
+        } catch {
+          // a throwing handler must not stop the consumer; BusSource logs its own
+        }
       },
     });
     const watched = messages;
@@ -350,9 +357,12 @@ export class NatsBus extends EventEmitter<BusEvents> implements Bus {
         // ends with the subscription
       }
     })();
-    void watched.closed().then((err) => {
-      if (err) end(`consumer stopped: ${(err as Error).message}`);
-    });
+    void watched
+      .closed()
+      .then((err) => {
+        if (err) end(`consumer stopped: ${(err as Error).message}`);
+      })
+      .catch(() => {});
     return {
       close: async () => {
         open = false;

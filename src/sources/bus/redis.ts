@@ -66,7 +66,8 @@ export interface RedisBusOptions extends BusCommonOptions {
    */
   readCount?: number;
   /**
-   * Timeout for ordinary commands (publish, state).
+   * Timeout for ordinary commands (publish, state); a connection that has
+   * not answered this long is replaced.
    * @defaultValue 5000 — a relay retries after it.
    */
   commandTimeoutMs?: number;
@@ -232,6 +233,8 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
       ...this.baseOptions(),
       connectionName: 'memory-sync-bus',
       commandTimeout: this.o.commandTimeoutMs,
+      // A reply this late means a dead (half-open) socket: destroy it, and the client reconnects.
+      socketTimeout: this.o.commandTimeoutMs,
       // Before the first ready the caller's loop retries; after it, the client reconnects itself.
       retryStrategy: (times) => (everReady && !this.closed ? backoffDelay(times, this.o.backoff) : null),
       scripts: { msPublish: { lua: PUBLISH_LUA, numberOfKeys: 4 } },
@@ -313,6 +316,7 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
       connectionName: 'memory-sync-subscriber',
       // The read answers within blockMs; silence beyond that means a dead connection.
       commandTimeout: o.blockMs + 2_000,
+      socketTimeout: o.blockMs + 2_000,
       retryStrategy: () => null, // a broken subscription is replaced, not resumed underneath us
     });
     let lastError: Error | undefined;
@@ -349,7 +353,11 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
         for (const [id, fields] of entries) {
           if (!open) return;
           position = id;
-          handlers.entry(readEntry(id, fields));
+          try {
+            handlers.entry(readEntry(id, fields));
+          } catch {
+            // a throwing handler must not stop the read loop; BusSource logs its own
+          }
         }
       }
     })();
