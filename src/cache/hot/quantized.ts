@@ -2,8 +2,9 @@ import { exactSearch, MetricKind } from 'usearch';
 
 /**
  * A row-aligned int8 copy of one hot set's unit-normalized f32 rows, scanned
- * in one native call per query (usearch `exactSearch`, metric `ip`), then an
- * exact f64 rescore of the few rows that can still matter.
+ * in one native call per query (usearch `exactSearch`, metric `ip`), then the
+ * few rows that can still matter are scored natively in f32 (gathered, one
+ * more call) and the final top-k exactly in f64.
  *
  * Why the answer is exact. Each dimension j has an offset o_j and a scale s_j,
  * fixed at (re)build; row r is stored as codes c_r in [-127, 127] with
@@ -12,21 +13,25 @@ import { exactSearch, MetricKind } from 'usearch';
  *   x_r·q = o·q + t·(c_r·d) + c_r·f + e_r·q,
  * and by Cauchy–Schwarz |c_r·f + e_r·q| ≤ ‖c_r‖‖f‖ + ‖e_r‖‖q‖. The native
  * scan yields the integer c_r·d (as 1 − dot in f32, at most `kernelSlack`
- * off), so every row's true score has an upper bound. The top-k is accepted
- * only when every row not rescored has an upper bound strictly below the k-th
- * exact score (so a tie that could win on id is always rescored) or below
- * `minSimilarity`; otherwise the candidate list widens, and at worst every row
- * is rescored.
+ * off), so every row's true score lies in a known interval. The native f32
+ * score of a gathered row is within (d + 4)·2⁻²⁴·(‖x_r‖‖q‖ + 1) of the truth
+ * whatever order usearch sums in. A row is left out only when its upper
+ * bound is strictly below the k-th best lower bound (so a tie that could win
+ * on id is never left out) or below `minSimilarity`; the rows left in are
+ * rescored in f64 and ranked. When the int8 list runs out before that holds,
+ * it widens; at worst every row is scored.
  *
  * Rows whose error exceeds the set's limit (written after the build and
  * clamped hard, or written before any build) are "exceptions": always
- * rescored, so they never loosen the bound for the others.
+ * scored, so they never loosen the bound for the others.
  */
 
 /** Bytes per native block; each block is its own ArrayBuffer because usearch ignores a view's byteOffset. */
 export const QUANTIZED_CHUNK_BYTES = 16 * 1024 * 1024;
 
 const CODE_MAX = 127;
+/** Unit roundoff of float32 (round to nearest). */
+const F32_UNIT_ROUNDOFF = 2 ** -24;
 /** A row written after the build stays regular while its error norm is within this factor of the build's largest. */
 const ERROR_HEADROOM = 1.25;
 /** Floor for a dimension's scale, so a dimension constant at build time still takes later rows (by clamping). */
@@ -39,11 +44,18 @@ const FIRST_CANDIDATES = 64;
 /** Each further round takes this many times more candidates. */
 const WIDEN_FACTOR = 8;
 /**
- * At or below this pass share a filter is served by an exact scan of the
- * passing rows: one JS rescore costs about as much as natively scanning 16 rows.
+ * At or below this pass share a filter is served by a scan of the passing
+ * rows alone: gathering and scoring one f32 row costs about as much as
+ * scanning 16 int8 rows.
  */
 const FILTERED_SCAN_SHARE = 1 / 16;
-/** Rescores between yield points of a search. */
+/** Rows per native f32 call (gathered into one shared scratch block), and per yield point of a full scan. */
+const BATCH_ROWS = 256;
+/** The first f32 batch of the int8 walk: small, so a lower bound on the k-th score comes early. */
+const FIRST_BATCH_ROWS = 16;
+/** Rows sampled to estimate a filter's pass share. */
+const SHARE_SAMPLE_ROWS = 1024;
+/** f64 rescores between yield points. */
 const RESCORES_PER_STEP = 64;
 /** Rows per yield point of a build (~1 ms of quantizing at 1536 dims). */
 const BUILD_ROWS_PER_STEP = 256;
@@ -97,14 +109,16 @@ export interface QuantizedHit {
 export interface QuantizedSearchResult {
   /** Similarity descending, then id ascending. */
   hits: QuantizedHit[];
-  /** Rows whose f32 copy was rescored exactly. */
+  /** Rows scored natively in f32 (gathered), to bound them tightly. */
+  scored: number;
+  /** Rows rescored exactly in f64: the answer and the rows tied with it within the f32 bound. */
   rescored: number;
   /** Native int8 block scans (one per block per round). */
   scans: number;
   /**
-   * `bound`: proven from the int8 scan; `filtered`: exact scan of the rows a
-   * narrow filter passes; `exhaustive`: every row rescored (no build yet, or
-   * the bound could exclude nothing).
+   * `bound`: proven from the int8 scan; `filtered`: the rows a narrow filter
+   * passes, all scored; `exhaustive`: every row scored (no build yet, or the
+   * int8 bound could exclude nothing).
    */
   path: 'bound' | 'filtered' | 'exhaustive';
 }
@@ -191,9 +205,10 @@ interface Quantization {
   /** Native blocks of `chunkRows` rows each (the last may be shorter). */
   chunks: Int8Array[];
   capacity: number;
-  /** Per row, rounded up: ‖c_r‖ and ‖e_r‖. */
+  /** Per row, rounded up: ‖c_r‖, ‖e_r‖ and ‖x_r‖. */
   codeNorms: Float32Array;
   errorNorms: Float32Array;
+  rowNorms: Float32Array;
   /** 1 marks an exception row. */
   exceptional: Uint8Array;
   exceptions: Set<number>;
@@ -242,6 +257,7 @@ export class QuantizedRows {
       capacity: 0,
       codeNorms: new Float32Array(0),
       errorNorms: new Float32Array(0),
+      rowNorms: new Float32Array(0),
       exceptional: new Uint8Array(0),
       exceptions: new Set(),
       codeNormMax: 0,
@@ -282,7 +298,7 @@ export class QuantizedRows {
     const q = this.q;
     let b = 0;
     for (const c of q.chunks) b += c.byteLength;
-    return b + q.capacity * 9 + this.dim * 24 + q.exceptions.size * 16;
+    return b + q.capacity * 13 + this.dim * 24 + q.exceptions.size * 16;
   }
 
   /** Makes room for `capacity` rows; the caller grows its f32 block alongside. */
@@ -306,6 +322,7 @@ export class QuantizedRows {
     q.chunks = chunks;
     q.codeNorms = resized(q.codeNorms, capacity);
     q.errorNorms = resized(q.errorNorms, capacity);
+    q.rowNorms = resized(q.rowNorms, capacity);
     q.exceptional = resized(q.exceptional, capacity);
     q.capacity = capacity;
   }
@@ -342,6 +359,7 @@ export class QuantizedRows {
       q.chunks[Math.floor(row / chunkRows)]!.set(from.subarray(fromOff, fromOff + dim), (row % chunkRows) * dim);
       q.codeNorms[row] = q.codeNorms[last]!;
       q.errorNorms[row] = q.errorNorms[last]!;
+      q.rowNorms[row] = q.rowNorms[last]!;
       const wasException = q.exceptional[last] === 1;
       setException(q, last, false);
       setException(q, row, wasException);
@@ -392,14 +410,9 @@ export class QuantizedRows {
     if (rows.length < count * dim) throw new RangeError(`rows hold ${Math.floor(rows.length / dim)} rows, need ${count}`);
     const lo = new Float64Array(dim).fill(Infinity);
     const hi = new Float64Array(dim).fill(-Infinity);
-    for (let r = 0; r < count; r++) {
-      const off = r * dim;
-      for (let j = 0; j < dim; j++) {
-        const x = rows[off + j]!;
-        if (x < lo[j]!) lo[j] = x;
-        if (x > hi[j]!) hi[j] = x;
-      }
-      if (r % BUILD_ROWS_PER_STEP === BUILD_ROWS_PER_STEP - 1) yield;
+    for (let r = 0; r < count; r += BUILD_ROWS_PER_STEP) {
+      widenRanges(rows, dim, r, Math.min(count, r + BUILD_ROWS_PER_STEP), lo, hi);
+      yield;
     }
     const capacity = Math.max(count, this.q.capacity, 1);
     const q: Quantization = {
@@ -411,6 +424,7 @@ export class QuantizedRows {
       capacity,
       codeNorms: new Float32Array(capacity),
       errorNorms: new Float32Array(capacity),
+      rowNorms: new Float32Array(capacity),
       exceptional: new Uint8Array(capacity),
       exceptions: new Set(),
       codeNormMax: 0,
@@ -542,59 +556,60 @@ export class QuantizedRows {
     if (query.length !== dim) throw new RangeError(`query has ${query.length} dimensions, expected ${dim}`);
     if (rows.length < n * dim) throw new RangeError(`rows hold ${Math.floor(rows.length / dim)} rows, need ${n}`);
     const k = Math.min(Math.floor(options.k), n);
-    const result: QuantizedSearchResult = { hits: [], rescored: 0, scans: 0, path: 'bound' };
+    const result: QuantizedSearchResult = { hits: [], scored: 0, rescored: 0, scans: 0, path: 'bound' };
     if (!(k > 0)) return result;
     const min = options.minSimilarity ?? -Infinity;
     const accept = acceptor(options.filter);
-    const top = new TopK(k, ids);
-    const q = new Float64Array(query);
-    const finish = (): QuantizedSearchResult => {
-      result.hits = top.rows.map((row, i) => ({ row, similarity: Math.min(1, Math.max(-1, top.scores[i]!)) }));
-      return result;
-    };
-    const rescore = (row: number): void => {
-      const s = dotRow(rows, row, q, dim);
-      result.rescored++;
-      if (s >= min) top.offer(s, row);
-    };
-    // The filter's pass share decides between the int8 scan and an exact scan of the passing rows.
+
+    // The filter's pass share (estimated on a sample: it only steers speed) decides between
+    // the int8 scan and scoring the passing rows alone.
     let share = 1;
     if (accept) {
+      const stride = Math.max(1, n / SHARE_SAMPLE_ROWS);
+      let sampled = 0;
       let passed = 0;
-      for (let r = 0; r < n; r++) if (accept(r)) passed++;
-      if (passed === 0) return finish();
-      share = passed / n;
+      for (let at = 0; at < n; at += stride, sampled++) if (accept(Math.floor(at))) passed++;
+      share = passed / sampled;
     }
+
+    const q = new Float64Array(query);
+    const q32 = new Float32Array(query); // its own buffer: usearch ignores a view's byteOffset
+    const scoring = new F32Scoring(rows, q32, dim, k, min, quant.rowNorms, result);
     const regular = n - quant.exceptions.size;
     const prepared = quant.built && regular > 0 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q) : undefined;
     if (!prepared) {
       result.path = accept && quant.built && regular > 0 && share <= FILTERED_SCAN_SHARE ? 'filtered' : 'exhaustive';
-      let i = 0;
       for (let r = 0; r < n; r++) {
         if (accept && !accept(r)) continue;
-        rescore(r);
-        if (++i % RESCORES_PER_STEP === 0) yield;
+        if (scoring.add(r) >= BATCH_ROWS) {
+          scoring.flush();
+          yield;
+        }
       }
-      return finish();
+      scoring.flush();
+      return yield* this.finish(scoring, q, ids);
     }
+
     const { codes, base, t, rowBound } = prepared;
     const { codeNorms, errorNorms, exceptional } = quant;
     const globalBound = rowBound(quant.codeNormMax, quant.errorNormMax);
-    const threshold = () => Math.max(top.worst, min);
 
-    // Exceptions carry no usable bound: always rescored.
-    let i = 0;
+    // Exceptions carry no int8 bound: always scored.
     for (const row of quant.exceptions) {
       if (accept && !accept(row)) continue;
-      rescore(row);
-      if (++i % RESCORES_PER_STEP === 0) yield;
+      if (scoring.add(row) >= BATCH_ROWS) {
+        scoring.flush();
+        yield;
+      }
     }
+    scoring.flush();
 
     // A second native round costs a whole scan, a longer first list only a bigger heap: ask generously.
-    let wanted = Math.ceil(Math.max(this.depth * 2, 2 * k, FIRST_CANDIDATES) / share);
+    let wanted = Math.ceil(Math.max(this.depth * 3, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
     let examined = 0; // candidate depth this proof needed, to size the next first request
     let seen: Uint8Array | undefined;
-    const rescoredFirstRound: number[] = [];
+    const firstRound: number[] = [];
+    let batch = Math.max(FIRST_BATCH_ROWS, k);
     for (let round = 0; ; round++) {
       // One native scan per block, each returning its best `wanted` rows by integer dot.
       let candidates: number[] = [];
@@ -606,8 +621,7 @@ export class QuantizedRows {
         const rowsHere = Math.min(chunkRows, n - c * chunkRows);
         const take = Math.min(wanted, rowsHere);
         const block = quant.chunks[c]!;
-        const view = rowsHere * dim === block.length ? block : block.subarray(0, rowsHere * dim);
-        const m = exactSearch(view, codes, dim, take, MetricKind.IP, 1);
+        const m = exactSearch(rowsHere * dim === block.length ? block : block.subarray(0, rowsHere * dim), codes, dim, take, MetricKind.IP, 1);
         result.scans++;
         const { keys, distances: dist } = m;
         let last = -Infinity;
@@ -625,7 +639,7 @@ export class QuantizedRows {
         yield;
       }
       if (!sorted || quant.chunks.length > 1) {
-        // Merge the blocks' lists best first, so the loop below can stop at the first row that cannot matter.
+        // Merge the blocks' lists best first, so the walk below can stop at the first row that cannot matter.
         const order = candidates.map((_, x) => x).sort((a, b) => distances[a]! - distances[b]!);
         const merged = order.map((x) => candidates[x]!);
         distances = order.map((x) => distances[x]!);
@@ -636,27 +650,146 @@ export class QuantizedRows {
         const row = candidates[x]!;
         if (exceptional[row] === 1 || (seen && seen[row] === 1)) continue;
         const approx = base + t * (1 - distances[x]!);
-        const bar = threshold();
+        const bar = scoring.bar();
         if (approx + globalBound < bar) break; // and so is every later candidate
         if (accept && !accept(row)) continue;
         if (approx + rowBound(codeNorms[row]!, errorNorms[row]!) < bar) continue;
-        rescore(row);
         if (seen) seen[row] = 1;
-        else rescoredFirstRound.push(row);
-        if (result.rescored % RESCORES_PER_STEP === 0) yield;
+        else firstRound.push(row);
+        if (scoring.add(row) >= batch) {
+          scoring.flush();
+          batch = BATCH_ROWS;
+          yield;
+        }
       }
+      scoring.flush();
       examined += x;
-      if (allScanned || unscannedTop + globalBound < threshold()) {
+      if (allScanned || unscannedTop + globalBound < scoring.bar()) {
         this.depth = 0.8 * this.depth + 0.2 * Math.min(examined * share, chunkRows);
-        if (allScanned && round > 0 && result.rescored >= n * share) result.path = 'exhaustive';
-        return finish();
+        if (allScanned && round > 0 && result.scored >= n * share) result.path = 'exhaustive';
+        return yield* this.finish(scoring, q, ids);
       }
       if (!seen) {
         seen = new Uint8Array(n);
-        for (const row of rescoredFirstRound) seen[row] = 1;
+        for (const row of firstRound) seen[row] = 1;
       }
       wanted *= WIDEN_FACTOR;
     }
+  }
+
+  /** Rescores in f64 every scored row that can still be in the top-k, and ranks them. */
+  private *finish(scoring: F32Scoring, q: Float64Array, ids: ArrayLike<string>): Generator<void, QuantizedSearchResult, void> {
+    const { result, min, rows } = scoring;
+    const top = new TopK(scoring.k, ids);
+    const survivors = scoring.survivors();
+    for (let i = 0; i < survivors.length; i++) {
+      const row = survivors[i]!;
+      const s = dotRow(rows, row, q, this.dim);
+      result.rescored++;
+      if (s >= min) top.offer(s, row);
+      if (i % RESCORES_PER_STEP === RESCORES_PER_STEP - 1) yield;
+    }
+    result.hits = top.rows.map((row, i) => ({ row, similarity: Math.min(1, Math.max(-1, top.scores[i]!)) }));
+    return result;
+  }
+}
+
+/** Scratch blocks for gathered f32 rows, one per dimension count: a batch is gathered and scored without yielding in between. */
+const scratchBlocks = new Map<number, Float32Array>();
+
+/**
+ * Native f32 scores of gathered rows, each within `delta` of its exact
+ * score, and the k-th best lower bound so far (rows sure to qualify only).
+ */
+class F32Scoring {
+  private pending: number[] = [];
+  private readonly scoredRows: number[] = [];
+  private readonly uppers: number[] = [];
+  /** The k best lower bounds (score − delta) so far, descending. */
+  private readonly lowers: number[] = [];
+  private readonly scratch: Float32Array;
+  /** γ_d = d·u/(1 − d·u), u = 2⁻²⁴: the worst relative error of a float32 dot product of d terms, in any summation order. */
+  private readonly gamma: number;
+  private readonly qNorm: number;
+
+  constructor(
+    readonly rows: Float32Array,
+    private readonly q32: Float32Array,
+    private readonly dim: number,
+    readonly k: number,
+    readonly min: number,
+    private readonly rowNorms: Float32Array,
+    readonly result: QuantizedSearchResult,
+  ) {
+    let scratch = scratchBlocks.get(dim);
+    if (!scratch) {
+      scratch = new Float32Array(BATCH_ROWS * dim);
+      scratchBlocks.set(dim, scratch);
+    }
+    this.scratch = scratch;
+    let qq = 0;
+    for (let j = 0; j < dim; j++) qq += q32[j]! * q32[j]!;
+    this.qNorm = Math.sqrt(qq);
+    const du = dim * F32_UNIT_ROUNDOFF;
+    this.gamma = du < 0.5 ? du / (1 - du) : Infinity;
+  }
+
+  /** Rows below this cannot be in the answer: the k-th best lower bound, or minSimilarity. */
+  bar(): number {
+    const { lowers, k, min } = this;
+    return lowers.length === k && lowers[k - 1]! > min ? lowers[k - 1]! : min;
+  }
+
+  /** Queues a row; returns how many are queued. */
+  add(row: number): number {
+    return this.pending.push(row);
+  }
+
+  /** Scores the queued rows in one native call. */
+  flush(): void {
+    const { pending, dim, scratch, rows } = this;
+    const m = pending.length;
+    if (m === 0) return;
+    for (let i = 0; i < m; i++) {
+      const off = pending[i]! * dim;
+      scratch.set(rows.subarray(off, off + dim), i * dim);
+    }
+    const found = exactSearch(m * dim === scratch.length ? scratch : scratch.subarray(0, m * dim), this.q32, dim, m, MetricKind.IP, 1);
+    this.result.scored += m;
+    const bar = this.bar();
+    for (let x = 0; x < m; x++) {
+      const row = pending[Number(found.keys[x]!)]!;
+      const score = 1 - found.distances[x]!;
+      // The sum (γ_d·Σ|x_j·q_j| ≤ γ_d·‖x‖‖q‖), then float32(dot) and float32(1 − dot): one rounding each.
+      const delta =
+        (this.gamma * this.rowNorms[row]! * this.qNorm + F32_UNIT_ROUNDOFF * (1 + 2 * Math.abs(score) + 1e-6)) * (1 + REL_SLACK) + ABS_SLACK;
+      const upper = score + delta;
+      // NaN scores (a non-finite row) fail every comparison below: kept, and left to the f64 rescore.
+      if (upper < bar) continue;
+      this.scoredRows.push(row);
+      this.uppers.push(upper);
+      this.offerLower(score - delta); // bar() only trusts the k-th when it clears minSimilarity: then all k do
+    }
+    this.pending = [];
+  }
+
+  private offerLower(lower: number): void {
+    const { lowers, k } = this;
+    if (lowers.length === k) {
+      if (lower <= lowers[k - 1]!) return;
+      lowers.pop();
+    }
+    let i = lowers.length;
+    while (i > 0 && lowers[i - 1]! < lower) i--;
+    lowers.splice(i, 0, lower);
+  }
+
+  /** Scored rows that can still reach the final bar. */
+  survivors(): number[] {
+    const bar = this.bar();
+    const out: number[] = [];
+    for (let i = 0; i < this.scoredRows.length; i++) if (!(this.uppers[i]! < bar)) out.push(this.scoredRows[i]!);
+    return out;
   }
 }
 
@@ -699,22 +832,30 @@ function quantizeRow(q: Quantization, dim: number, chunkRows: number, row: numbe
   const block = q.chunks[Math.floor(row / chunkRows)]!;
   const off = (row % chunkRows) * dim;
   if (!q.built) {
+    let normSq = 0;
+    for (let j = 0; j < dim; j++) normSq += src[srcOff + j]! * src[srcOff + j]!;
+    q.rowNorms[row] = f32Up(Math.sqrt(normSq) * (1 + REL_SLACK));
     block.fill(0, off, off + dim);
     setException(q, row, true);
     return;
   }
   const { offsets, scales, inverseScales } = q;
+  let normSq = 0;
   let codeSq = 0;
   let errorSq = 0;
   for (let j = 0; j < dim; j++) {
     const x = src[srcOff + j]!;
     const o = offsets[j]!;
-    const c = code((x - o) * inverseScales[j]!);
+    let v = (x - o) * inverseScales[j]!;
+    v = v > CODE_MAX ? CODE_MAX : v < -CODE_MAX ? -CODE_MAX : v;
+    const c = ((v + 128.5) | 0) - 128; // nearest; see code()
     block[off + j] = c;
     const e = x - o - scales[j]! * c;
+    normSq += x * x;
     codeSq += c * c;
     errorSq += e * e;
   }
+  q.rowNorms[row] = f32Up(Math.sqrt(normSq) * (1 + REL_SLACK));
   const codeNorm = f32Up(Math.sqrt(codeSq) * (1 + REL_SLACK));
   const errorNorm = f32Up(Math.sqrt(errorSq) * (1 + REL_SLACK));
   q.codeNorms[row] = codeNorm;
@@ -728,6 +869,18 @@ function quantizeRow(q: Quantization, dim: number, chunkRows: number, row: numbe
     // Zeroed, so an exception's codes cannot crowd real candidates out of the native top list.
     block.fill(0, off, off + dim);
     setException(q, row, true);
+  }
+}
+
+/** Widens each dimension's [lo, hi] to cover rows [from, to). */
+function widenRanges(rows: Float32Array, dim: number, from: number, to: number, lo: Float64Array, hi: Float64Array): void {
+  for (let r = from; r < to; r++) {
+    const off = r * dim;
+    for (let j = 0; j < dim; j++) {
+      const x = rows[off + j]!;
+      if (x < lo[j]!) lo[j] = x;
+      if (x > hi[j]!) hi[j] = x;
+    }
   }
 }
 
@@ -763,6 +916,7 @@ function pickFloor(rows: Float32Array, count: number, dim: number, lo: Float64Ar
     capacity: 1,
     codeNorms: new Float32Array(1),
     errorNorms: new Float32Array(1),
+    rowNorms: new Float32Array(1),
     exceptional: new Uint8Array(1),
     exceptions: new Set(),
     codeNormMax: 0,
