@@ -666,7 +666,6 @@ export class QuantizedRows {
       examined += x;
       if (allScanned || unscannedTop + globalBound < scoring.bar()) {
         this.depth = 0.8 * this.depth + 0.2 * Math.min(examined * share, chunkRows);
-        if (allScanned && round > 0 && result.scored >= n * share) result.path = 'exhaustive';
         return yield* this.finish(scoring, q, ids);
       }
       if (!seen) {
@@ -674,6 +673,20 @@ export class QuantizedRows {
         for (const row of firstRound) seen[row] = 1;
       }
       wanted *= WIDEN_FACTOR;
+      if (wanted * 4 >= Math.min(n, chunkRows)) {
+        // The bound cannot separate this query's rows: scoring the rest in order beats sorting them all by code.
+        result.path = 'exhaustive';
+        this.depth = 0.8 * this.depth + 0.2 * Math.min(examined * share, chunkRows);
+        for (let r = 0; r < n; r++) {
+          if (exceptional[r] === 1 || seen[r] === 1 || (accept && !accept(r))) continue;
+          if (scoring.add(r) >= BATCH_ROWS) {
+            scoring.flush();
+            yield;
+          }
+        }
+        scoring.flush();
+        return yield* this.finish(scoring, q, ids);
+      }
     }
   }
 
@@ -750,9 +763,13 @@ class F32Scoring {
     const { pending, dim, scratch, rows } = this;
     const m = pending.length;
     if (m === 0) return;
-    for (let i = 0; i < m; i++) {
-      const off = pending[i]! * dim;
-      scratch.set(rows.subarray(off, off + dim), i * dim);
+    if (pending[m - 1]! - pending[0]! === m - 1) {
+      scratch.set(rows.subarray(pending[0]! * dim, (pending[0]! + m) * dim)); // a run of rows: one copy
+    } else {
+      for (let i = 0; i < m; i++) {
+        const off = pending[i]! * dim;
+        scratch.set(rows.subarray(off, off + dim), i * dim);
+      }
     }
     const found = exactSearch(m * dim === scratch.length ? scratch : scratch.subarray(0, m * dim), this.q32, dim, m, MetricKind.IP, 1);
     this.result.scored += m;

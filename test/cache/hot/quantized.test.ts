@@ -283,7 +283,25 @@ describe('QuantizedRows', () => {
     }
   });
 
-  it('widens, then rescores every row when the bound cannot tell rows apart', () => {
+  it('widens the int8 candidate list when its first part cannot settle the top-k', () => {
+    const next = random(8);
+    const dim = 64;
+    const base = uniformVector(next, dim);
+    const m = new Mirror(dim);
+    // 400 rows the bound cannot tell apart, far above 9,600 others
+    fill(
+      m,
+      Array.from({ length: 10_000 }, (_, i) =>
+        i % 25 === 0 ? Float32Array.from(base, (x) => x * (1 + 1e-6 * (next() - 0.5))) : uniformVector(next, dim),
+      ),
+    );
+    const res = expectExact(m, base, { k: 10 });
+    expect(res.scans).toBe(2);
+    expect(res.path).toBe('bound');
+    expect(res.scored).toBeGreaterThanOrEqual(400);
+  });
+
+  it('scores every row when the bound cannot tell any rows apart', () => {
     const next = random(8);
     const base = uniformVector(next);
     const m = new Mirror();
@@ -292,10 +310,9 @@ describe('QuantizedRows', () => {
       Array.from({ length: 700 }, () => Float32Array.from(base, (x) => x * (1 + 1e-6 * (next() - 0.5)))),
     );
     const res = expectExact(m, uniformVector(next), { k: 10 });
-    expect(res.scans).toBeGreaterThan(1);
+    expect(res.path).toBe('exhaustive');
     expect(res.scored).toBe(700);
     expect(res.rescored).toBe(700); // all within the f32 bound of each other
-    expect(res.path).toBe('exhaustive');
     expectExact(m, base, { k: 10 });
   });
 
