@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './client/options.js';
 import { ConfigError } from './errors.js';
+import { parseBusUrl } from './sources/bus/bus.js';
 import { MAX_TIMER_MS, postgresUrl } from './validation/primitives.js';
 
 export type Env = Record<string, string | undefined>;
@@ -109,7 +110,7 @@ function engineOptions(env: Env, databaseUrl: string | undefined, dataDir: strin
     else options[head] = { ...(options[head] as object | undefined), [leaf]: value };
   }
   try {
-    return resolveOptions(options as MemorySyncOptions);
+    return resolveOptions(options as MemorySyncOptions, env);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     const path = err.variable.replace(/^options\./, '');
@@ -122,6 +123,11 @@ function engineOptions(env: Env, databaseUrl: string | undefined, dataDir: strin
 export function loadConfig(env: Env = process.env): SidecarConfig {
   const databaseUrl = read(env, 'DATABASE_URL', url, '') || undefined;
   const dataDir = read(env, 'MEMORY_SYNC_DATA_DIR', z.string(), './.memory-sync');
+  const busUrl = env.MEMORY_SYNC_BUS_URL || undefined;
+  if (busUrl) {
+    parseBusUrl(busUrl); // a bad URL is a ConfigError naming MEMORY_SYNC_BUS_URL, before anything connects
+    if (!databaseUrl) throw new ConfigError('MEMORY_SYNC_BUS_URL', 'needs DATABASE_URL: fleet mode runs against a PostgreSQL server, not the embedded database');
+  }
   return {
     databaseUrl,
     dataDir,

@@ -38,6 +38,7 @@ describe('loadConfig', () => {
         retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2000 },
         summaryIntervalMs: 60_000,
         embedded: { dataDir: './.memory-sync', inMemory: false },
+        bus: { url: undefined },
       },
     });
   });

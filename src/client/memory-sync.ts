@@ -25,7 +25,9 @@ import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
 import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../errors.js';
 import { LogLimiter } from '../log-limit.js';
-import { PgListenSource } from '../sources/pg-listen.js';
+import { BusSource } from '../sources/bus-source.js';
+import { createBus, parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
+import { BARRIER_CHANNEL, PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
 import { validateId, validateSearch, validateStore, type SearchInput, type StoreInput } from '../validation/memory.js';
@@ -98,6 +100,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   private embedded: EmbeddedDatabase | undefined;
   private _source: ChangeSource | undefined;
   private readonly dataDir: string | undefined;
+  private readonly busConfig: BusConfig | undefined;
   private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
   private pgvectorSearches = 0;
@@ -128,8 +131,9 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         createPool({ databaseUrl: o.databaseUrl!, max: o.poolSize, ivfflatProbes: o.ivfflatProbes, queryTimeoutMs: o.queryTimeoutMs, logger: this.logger });
       this._database = postgresDatabase(this._pool);
       const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this._pool);
-      if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
-      this._source = new PgListenSource({
+      if (o.bus.url) this.busConfig = parseBusUrl(o.bus.url, 'options.bus.url'); // fails here, not at start()
+      else if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
+      else this._source = new PgListenSource({
         databaseUrl: listenUrl,
         logger: this.logger,
         paranoidIntervalMs: o.listener.paranoidIntervalMs,
@@ -203,6 +207,16 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       this.embedded = await openEmbedded({ dataDir: this.dataDir, logger: this.logger, ivfflatProbes: this.options.ivfflatProbes });
       this._database = this.embedded.queryable;
       this._source = new PgliteSource({ db: this.embedded.db, logger: this.logger });
+      this.core.connect(this._source);
+    }
+    if (this.busConfig && !this._source) {
+      const pool = this.pool;
+      this._source = new BusSource({
+        bus: await createBus(this.busConfig, { backoff: { minMs: this.options.listener.retryMinMs, maxMs: this.options.listener.retryMaxMs } }),
+        logger: this.logger,
+        // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit.
+        notify: (token) => pool.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]),
+      });
       this.core.connect(this._source);
     }
     await this.checkSchema();
@@ -356,7 +370,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       pgvectorSearches: this.pgvectorSearches,
       abortedFills: s.abortedFills,
       listener: this.sourceState,
-      source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : 'listen'),
+      source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : (this.busConfig?.kind ?? 'listen')),
       kernel: kernel().name,
     };
   }

@@ -135,6 +135,18 @@ export interface MemorySyncOptions {
      */
     inMemory?: boolean;
   };
+  /**
+   * Fleet mode: take change events from a bus that `memory-sync relay` fills
+   * instead of holding a LISTEN connection (docs/fleet.md). A subscriber that
+   * blinks resumes where it stopped, without a flush.
+   */
+  bus?: {
+    /**
+     * `nats://host:4222[/stream]` or `redis://host:6379[/db][?stream=name]`.
+     * @defaultValue process.env.MEMORY_SYNC_BUS_URL; unset: LISTEN
+     */
+    url?: string | undefined;
+  };
   /** pino logger; defaults to a silent one. */
   logger?: Logger | undefined;
 }
@@ -179,6 +191,7 @@ export const optionsSchema = z.object({
     })
     .prefault({}),
   summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
+  bus: z.object({ url: z.string().min(1).optional() }).prefault({}),
   embedded: z
     .object({
       dataDir: z.string().min(1).default(D.embedded.dataDir),
@@ -194,7 +207,8 @@ export function resolveOptions(options: MemorySyncOptions, env: Record<string, s
   const { logger: _l, pool: _p, ...rest } = options as MemorySyncOptions & { hooks?: unknown };
   delete (rest as { hooks?: unknown }).hooks;
   const embedded = { ...rest.embedded, dataDir: rest.embedded?.dataDir ?? (env.MEMORY_SYNC_DATA_DIR || undefined) };
-  const input = { ...rest, embedded, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
+  const bus = { url: rest.bus?.url ?? (env.MEMORY_SYNC_BUS_URL || undefined) };
+  const input = { ...rest, embedded, bus, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
   const result = optionsSchema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0]!;
