@@ -14,8 +14,9 @@ import { exactSearch, MetricKind } from 'usearch';
  * and by Cauchy–Schwarz |c_r·f + e_r·q| ≤ ‖c_r‖‖f‖ + ‖e_r‖‖q‖. The native
  * scan yields the integer c_r·d (as 1 − dot in f32, at most `kernelSlack`
  * off), so every row's true score lies in a known interval. The native f32
- * score of a gathered row is within (d + 4)·2⁻²⁴·(‖x_r‖‖q‖ + 1) of the truth
- * whatever order usearch sums in. A row is left out only when its upper
+ * score s of a gathered row is within γ_d‖x_r‖‖q‖ + 2⁻²⁴(1 + 2|s|) of the
+ * truth (γ_d = d·2⁻²⁴/(1 − d·2⁻²⁴)) whatever order usearch sums in, though
+ * its kernel sums in f64. A row is left out only when its upper
  * bound is strictly below the k-th best lower bound (so a tie that could win
  * on id is never left out) or below `minSimilarity`; the rows left in are
  * rescored in f64 and ranked. When the int8 list runs out before that holds,
@@ -87,8 +88,9 @@ export interface QuantizedSearchOptions {
 export interface QuantizedSliceOptions {
   /**
    * Longest stretch of work between event-loop yields. Work is checked at
-   * yield points (after each native block scan, every 64 rescores), so one
-   * stretch can overrun it by one step.
+   * yield points (after each native int8 block scan, each native f32 batch of
+   * up to 256 rows, every 64 f64 rescores), so one stretch can overrun it by
+   * one step.
    * @defaultValue 1 — half the 2 ms block budget, leaving room for one native block scan.
    */
   budgetMs?: number | undefined;
@@ -157,6 +159,74 @@ function f32Ulp(x: number): number {
 function f32Up(x: number): number {
   const f = Math.fround(x);
   return f >= x ? f : Math.fround(x + f32Ulp(x));
+}
+
+/** Largest |(1 − dot) − native distance| of usearch's i8 `ip`, in code units: numkong's i8 dot is exact in i32, returned as f32(1 − f32(dot)), two roundings of at most one f32 step each. */
+function i8KernelSlack(dim: number): number {
+  return 2 * f32Ulp(CODE_MAX * CODE_MAX * dim + 1);
+}
+
+/** Bound on |native f32 score − exact dot| for a row of norm ‖x‖: see the module comment. */
+function f32Delta(dim: number, rowNorm: number, qNorm: number, score: number): number {
+  const du = dim * F32_UNIT_ROUNDOFF;
+  const gamma = du < 0.5 ? du / (1 - du) : Infinity;
+  return (gamma * rowNorm * qNorm + F32_UNIT_ROUNDOFF * (1 + 2 * Math.abs(score) + 1e-6)) * (1 + REL_SLACK) + ABS_SLACK;
+}
+
+const kernelChecks = new Map<number, { i8: boolean; f32: boolean }>();
+
+/**
+ * Whether usearch's `ip` distances mean what the bounds assume (1 − dot,
+ * within the slack above), checked once per dimension count on extreme and
+ * mixed rows. A build whose kernels differ (another version, a source build
+ * without numkong) then loses only speed: without i8 every row is scored,
+ * without f32 every row is rescored in JS.
+ */
+export function nativeKernelsFit(dim: number): { i8: boolean; f32: boolean } {
+  let checked = kernelChecks.get(dim);
+  if (checked) return checked;
+  const rowsI8 = new Int8Array(4 * dim);
+  const rowsF32 = new Float32Array(4 * dim);
+  const pattern = (r: number, j: number) => [CODE_MAX, j % 2 ? CODE_MAX : -CODE_MAX, ((j * 37 + 11) % 255) - CODE_MAX, -CODE_MAX][r]!;
+  for (let r = 0; r < 4; r++) {
+    for (let j = 0; j < dim; j++) {
+      rowsI8[r * dim + j] = pattern(r, j);
+      rowsF32[r * dim + j] = pattern(r, j) / (CODE_MAX * Math.sqrt(dim)) + (r === 2 ? 1e-3 * Math.sin(j) : 0);
+    }
+  }
+  const query = new Int8Array(dim).fill(CODE_MAX);
+  const queryF32 = Float32Array.from(rowsF32.subarray(2 * dim, 3 * dim));
+  const fits = (
+    rows: Int8Array | Float32Array,
+    q: Int8Array | Float32Array,
+    tolerance: (exact: number, row: number) => number,
+  ): boolean => {
+    try {
+      const m = exactSearch(rows, q, dim, 4, MetricKind.IP, 1);
+      if (m.keys.length !== 4) return false;
+      for (let x = 0; x < 4; x++) {
+        const row = Number(m.keys[x]!);
+        let exact = 0;
+        for (let j = 0; j < dim; j++) exact += rows[row * dim + j]! * q[j]!;
+        if (!(Math.abs(1 - m.distances[x]! - exact) <= tolerance(exact, row))) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  let qNorm = 0;
+  for (let j = 0; j < dim; j++) qNorm += queryF32[j]! * queryF32[j]!;
+  checked = {
+    i8: fits(rowsI8, query, () => i8KernelSlack(dim)),
+    f32: fits(rowsF32, queryF32, (exact, row) => {
+      let norm = 0;
+      for (let j = 0; j < dim; j++) norm += rowsF32[row * dim + j]! ** 2;
+      return f32Delta(dim, Math.sqrt(norm), Math.sqrt(qNorm), exact);
+    }),
+  };
+  kernelChecks.set(dim, checked);
+  return checked;
 }
 
 /** The k best rows in the SQL order: score descending, then id ascending. */
@@ -232,8 +302,10 @@ export class QuantizedRows {
   private _count = 0;
   private _version = 0;
   private q: Quantization;
-  /** Largest |(1 − dot) − native distance|, in code units: see the constructor. */
+  /** Largest |(1 − dot) − native distance|, in code units: see i8KernelSlack. */
   private readonly kernelSlack: number;
+  /** Which native kernels keep the bounds' promises here (see nativeKernelsFit). */
+  private readonly kernels: { i8: boolean; f32: boolean };
   /** Smoothed candidate depth the proofs needed: sizes the first native request. */
   private depth = FIRST_CANDIDATES;
 
@@ -264,9 +336,8 @@ export class QuantizedRows {
       errorNormMax: 0,
       errorLimit: 0,
     };
-    // usearch's i8 dot (numkong) is exact in i32, then returned as f32(1 − f32(dot)):
-    // two roundings, each at most one f32 step at the largest possible |dot|.
-    this.kernelSlack = 2 * f32Ulp(CODE_MAX * CODE_MAX * dim + 1);
+    this.kernelSlack = i8KernelSlack(dim);
+    this.kernels = nativeKernelsFit(dim);
     this.grow(capacity);
   }
 
@@ -526,7 +597,7 @@ export class QuantizedRows {
     const quant = this.q;
     const n = this._count;
     if (query.length !== dim) throw new RangeError(`query has ${query.length} dimensions, expected ${dim}`);
-    const prepared = quant.built && n > 0 ? this.prepareQuery(new Float64Array(query)) : undefined;
+    const prepared = quant.built && n > 0 && this.kernels.i8 ? this.prepareQuery(new Float64Array(query)) : undefined;
     if (!prepared) return undefined;
     const approx = new Float64Array(n);
     const bound = new Float64Array(n);
@@ -574,11 +645,11 @@ export class QuantizedRows {
 
     const q = new Float64Array(query);
     const q32 = new Float32Array(query); // its own buffer: usearch ignores a view's byteOffset
-    const scoring = new F32Scoring(rows, q32, dim, k, min, quant.rowNorms, result);
-    const regular = n - quant.exceptions.size;
-    const prepared = quant.built && regular > 0 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q) : undefined;
+    const scoring = new F32Scoring(rows, q32, q, dim, k, min, quant.rowNorms, result, this.kernels.f32);
+    const int8 = quant.built && this.kernels.i8 && n - quant.exceptions.size > 0;
+    const prepared = int8 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q) : undefined;
     if (!prepared) {
-      result.path = accept && quant.built && regular > 0 && share <= FILTERED_SCAN_SHARE ? 'filtered' : 'exhaustive';
+      result.path = int8 && accept && share <= FILTERED_SCAN_SHARE ? 'filtered' : 'exhaustive';
       for (let r = 0; r < n; r++) {
         if (accept && !accept(r)) continue;
         if (scoring.add(r) >= BATCH_ROWS) {
@@ -721,18 +792,19 @@ class F32Scoring {
   /** The k best lower bounds (score − delta) so far, descending. */
   private readonly lowers: number[] = [];
   private readonly scratch: Float32Array;
-  /** γ_d = d·u/(1 − d·u), u = 2⁻²⁴: the worst relative error of a float32 dot product of d terms, in any summation order. */
-  private readonly gamma: number;
   private readonly qNorm: number;
 
   constructor(
     readonly rows: Float32Array,
     private readonly q32: Float32Array,
+    private readonly q64: Float64Array,
     private readonly dim: number,
     readonly k: number,
     readonly min: number,
     private readonly rowNorms: Float32Array,
     readonly result: QuantizedSearchResult,
+    /** False: score in JS, exactly (see nativeKernelsFit). */
+    private readonly native: boolean,
   ) {
     let scratch = scratchBlocks.get(dim);
     if (!scratch) {
@@ -743,8 +815,6 @@ class F32Scoring {
     let qq = 0;
     for (let j = 0; j < dim; j++) qq += q32[j]! * q32[j]!;
     this.qNorm = Math.sqrt(qq);
-    const du = dim * F32_UNIT_ROUNDOFF;
-    this.gamma = du < 0.5 ? du / (1 - du) : Infinity;
   }
 
   /** Rows below this cannot be in the answer: the k-th best lower bound, or minSimilarity. */
@@ -763,6 +833,12 @@ class F32Scoring {
     const { pending, dim, scratch, rows } = this;
     const m = pending.length;
     if (m === 0) return;
+    if (!this.native) {
+      for (const row of pending) this.keep(row, dotRow(rows, row, this.q64, dim), 0);
+      this.result.scored += m;
+      this.pending = [];
+      return;
+    }
     if (pending[m - 1]! - pending[0]! === m - 1) {
       scratch.set(rows.subarray(pending[0]! * dim, (pending[0]! + m) * dim)); // a run of rows: one copy
     } else {
@@ -773,21 +849,22 @@ class F32Scoring {
     }
     const found = exactSearch(m * dim === scratch.length ? scratch : scratch.subarray(0, m * dim), this.q32, dim, m, MetricKind.IP, 1);
     this.result.scored += m;
-    const bar = this.bar();
     for (let x = 0; x < m; x++) {
       const row = pending[Number(found.keys[x]!)]!;
       const score = 1 - found.distances[x]!;
-      // The sum (γ_d·Σ|x_j·q_j| ≤ γ_d·‖x‖‖q‖), then float32(dot) and float32(1 − dot): one rounding each.
-      const delta =
-        (this.gamma * this.rowNorms[row]! * this.qNorm + F32_UNIT_ROUNDOFF * (1 + 2 * Math.abs(score) + 1e-6)) * (1 + REL_SLACK) + ABS_SLACK;
-      const upper = score + delta;
-      // NaN scores (a non-finite row) fail every comparison below: kept, and left to the f64 rescore.
-      if (upper < bar) continue;
-      this.scoredRows.push(row);
-      this.uppers.push(upper);
-      this.offerLower(score - delta); // bar() only trusts the k-th when it clears minSimilarity: then all k do
+      this.keep(row, score, f32Delta(dim, this.rowNorms[row]!, this.qNorm, score));
     }
     this.pending = [];
+  }
+
+  /** Records a row's score ± delta, unless it already cannot reach the bar. */
+  private keep(row: number, score: number, delta: number): void {
+    const upper = score + delta;
+    // NaN scores (a non-finite row) fail every comparison below: kept, and left to the f64 rescore.
+    if (upper < this.bar()) return;
+    this.scoredRows.push(row);
+    this.uppers.push(upper);
+    this.offerLower(score - delta); // bar() only trusts the k-th when it clears minSimilarity: then all k do
   }
 
   private offerLower(lower: number): void {

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { exactSearch, MetricKind } from 'usearch';
-import { QuantizedRows, type QuantizedSearchOptions, type QuantizedSearchResult } from '../../../src/cache/hot/quantized.js';
+import {
+  nativeKernelsFit,
+  QuantizedRows,
+  type QuantizedSearchOptions,
+  type QuantizedSearchResult,
+} from '../../../src/cache/hot/quantized.js';
 
 const DIM = 1536;
 
@@ -426,6 +431,27 @@ describe('QuantizedRows', () => {
     expect(() => m.quantized.search(new Float32Array(7), m.rows, m.ids, { k: 1 })).toThrow(RangeError);
     expect(() => m.quantized.search(new Float32Array(8), new Float32Array(0), m.ids, { k: 1 })).toThrow(RangeError);
     expect(() => m.quantized.rebuild(new Float32Array(8), 2)).toThrow(RangeError);
+  });
+
+  it('stays exact with the native kernels distrusted (as on a usearch build whose distances differ)', () => {
+    const source = clusteredSource(14, 6);
+    const m = new Mirror();
+    fill(m, Array.from({ length: 500 }, source));
+    for (const kernels of [
+      { i8: false, f32: true },
+      { i8: true, f32: false },
+      { i8: false, f32: false },
+    ]) {
+      (m.quantized as unknown as { kernels: typeof kernels }).kernels = kernels;
+      const q = source();
+      const res = expectExact(m, q, { k: 10 });
+      expect(res.path).toBe(kernels.i8 ? 'bound' : 'exhaustive');
+      expectExact(m, q, { k: 10, filter: { column: m.channels, wanted: 'c3' }, minSimilarity: 0.1 });
+    }
+  });
+
+  it('finds usearch’s ip kernels as the bounds assume them (1 − dot), here', () => {
+    for (const dim of [1, 3, 1536, 4096]) expect(nativeKernelsFit(dim)).toEqual({ i8: true, f32: true });
   });
 
   // Why each native block is its own ArrayBuffer. Fails (and the copy can be simplified) once usearch honours views.
