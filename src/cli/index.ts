@@ -9,11 +9,13 @@ import { createMigration } from '../db/create-migration.js';
 import { migrate } from '../db/migrate.js';
 import { ConfigError } from '../errors.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../paths.js';
+import { postgresUrl } from '../validation/primitives.js';
 
 function databaseUrl(): string {
   const url = process.env.DATABASE_URL;
   if (!url) throw new ConfigError('DATABASE_URL', 'is required (postgresql://user:pass@host:5432/db)');
-  if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError('DATABASE_URL', 'must start with postgres:// or postgresql://');
+  const checked = postgresUrl.safeParse(url);
+  if (!checked.success) throw new ConfigError('DATABASE_URL', checked.error.issues[0]!.message);
   return url;
 }
 
@@ -45,6 +47,14 @@ function program(out: { code: number }): Command {
       // Loaded on demand: migrate and check-migrations (the pre-commit hook) need no HTTP stack.
       const { runSidecar } = await import('../sidecar/lifecycle/start.js');
       await runSidecar(config); // resolves after a clean SIGTERM/SIGINT shutdown
+    });
+
+  cli
+    .command('relay')
+    .description('LISTEN on DATABASE_URL and publish every change to MEMORY_SYNC_BUS_URL (nats:// or redis://) for fleet mode; run two for availability')
+    .action(async () => {
+      const { runRelayCommand } = await import('../relay/run.js');
+      await runRelayCommand(process.env); // resolves after SIGTERM/SIGINT
     });
 
   cli

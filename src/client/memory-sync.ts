@@ -25,7 +25,7 @@ import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
 import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../errors.js';
 import { LogLimiter } from '../log-limit.js';
-import { BusSource } from '../sources/bus-source.js';
+import { BusSource, type BusSourceStats } from '../sources/bus-source.js';
 import { createBus, parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
 import { BARRIER_CHANNEL, PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
@@ -169,6 +169,11 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   get source(): ChangeSource {
     if (!this._source) throw new DatabaseUnavailableError('the embedded database is not open yet: call start() first');
     return this._source;
+  }
+
+  /** A bus source's counters (fleet mode), else undefined. */
+  get busStats(): BusSourceStats | undefined {
+    return this._source instanceof BusSource ? this._source.stats : undefined;
   }
 
   /** The change source's state without throwing: "idle" before start(). */

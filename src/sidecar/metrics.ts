@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { InvalidationInfo, MemorySync, MemorySyncStats } from '../client/memory-sync.js';
-import { timedQuery } from './timed-query.js';
+import type { BusSourceStats } from '../sources/bus-source.js';
 
 const PREFIX = 'memory_sync_';
 
@@ -99,7 +99,7 @@ export class SidecarMetrics {
           timer = setTimeout(() => reject(new Error('no pool connection in time')), QUEUE_QUERY_TIMEOUT_MS);
         });
         try {
-          const query = client.pool.query<{ usage: number }>(timedQuery('SELECT pg_notification_queue_usage() AS usage', [], QUEUE_QUERY_TIMEOUT_MS));
+          const query = client.database.query<{ usage: number }>('SELECT pg_notification_queue_usage() AS usage');
           query.catch(() => {}); // may settle after the race is lost
           const r = await Promise.race([query, late]);
           this.set(Number(r.rows[0]?.usage ?? Number.NaN));
@@ -110,6 +110,31 @@ export class SidecarMetrics {
         }
       },
     });
+    // Per change source: which one, and for a bus, how far it got and how it resumed.
+    new Gauge({
+      name: PREFIX + 'source_info',
+      help: 'The change source in use (label source: listen, pglite, nats, redis); always 1.',
+      labelNames: ['source'],
+      registers,
+      collect() {
+        this.reset();
+        this.set({ source: client.stats().source }, 1);
+      },
+    });
+    const busStat = (name: string, help: string, pick: (s: BusSourceStats) => number, type: 'gauge' | 'counter') => {
+      const collect = function (this: Gauge | Counter) {
+        const s = client.busStats;
+        if (!s) return;
+        this.reset();
+        if (this instanceof Gauge) this.set(pick(s));
+        else this.inc(pick(s));
+      };
+      return type === 'gauge' ? new Gauge({ name: PREFIX + name, help, registers, collect }) : new Counter({ name: PREFIX + name, help, registers, collect });
+    };
+    busStat('source_sequence_applied', 'Last bus stream sequence applied (fleet mode).', (s) => s.lastSequence, 'gauge');
+    busStat('source_gap_flushes_total', 'Flushes because the bus subscriber could not prove continuity (trimmed, recreated or lost stream, relay gap).', (s) => s.gapFlushes, 'counter');
+    busStat('source_resumes_total', 'Reconnects to the bus that resumed at last + 1: nothing lost, no flush.', (s) => s.resumes, 'counter');
+    busStat('source_bus_lag_seconds', 'Commit to this process through the bus, for the last change (payload ts to receipt).', (s) => (s.lagMs ?? 0) / 1000, 'gauge');
     this.requests = new Histogram({
       name: PREFIX + 'http_request_duration_seconds',
       help: 'HTTP request duration, by method, route and status.',
