@@ -321,10 +321,10 @@ export class QuantizedRows {
     this.dim = dim;
     this.chunkRows = Math.max(1, Math.floor(chunkBytes / dim));
     this.q = {
-      built: false,
-      offsets: new Float64Array(dim),
-      scales: new Float64Array(dim).fill(1),
-      inverseScales: new Float64Array(dim).fill(1),
+      built: false, // no scales until a build: every row written meanwhile is an exception
+      offsets: new Float64Array(0),
+      scales: new Float64Array(0),
+      inverseScales: new Float64Array(0),
       chunks: [],
       capacity: 0,
       codeNorms: new Float32Array(0),
@@ -369,7 +369,7 @@ export class QuantizedRows {
     const q = this.q;
     let b = 0;
     for (const c of q.chunks) b += c.byteLength;
-    return b + q.capacity * 13 + this.dim * 24 + q.exceptions.size * 16;
+    return b + q.capacity * 13 + q.offsets.length * 24 + q.exceptions.size * 16;
   }
 
   /** Makes room for `capacity` rows; the caller grows its f32 block alongside. */
