@@ -18,6 +18,8 @@ import { searchMemories } from '../src/db/memories.js';
 import { migrate } from '../src/db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
 import { kernel } from '../src/cache/hot/kernel.js';
+import { busLag } from './bus-lag.js';
+import { benchEmbedded } from './embedded.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
 
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
@@ -397,7 +399,21 @@ async function main(): Promise<void> {
       await client.close();
       await writer.end();
     }
+    console.error('bus lag…');
+    figures.push(...(await busLag({ databaseUrl: url, commits: QUICK ? 100 : 300, fanoutCommits: QUICK ? 50 : 200 })));
   });
+  console.error('embedded…');
+  for (const row of await benchEmbedded({ searches: QUICK ? 50 : 200 })) {
+    figures.push({
+      figure: `embedded: ${row.figure}`,
+      unit: row.unit,
+      value: row.embedded,
+      baseline: row.postgres,
+      baselineName: row.baseline,
+      goal: 'reported beside PostgreSQL',
+      met: true,
+    });
+  }
 
   const width = Math.max(...figures.map((f) => f.figure.length));
   console.log(`\nmemory-sync bench (${kernel().name} kernel, node ${process.version})\n`);
