@@ -121,7 +121,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       ...o.retry,
       signal: this.lifetime.signal,
       onRetry: (err, attempt) =>
-        this.warnings.warn('retry', { attempt, err: { message: (err as Error).message } }, 'database call failed; retrying'),
+        this.warnings.warn('retry', { attempt, err }, 'database call failed; retrying'),
     };
     this.ownsPool = !options.pool;
     if (options.pool || o.databaseUrl) {

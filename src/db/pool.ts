@@ -32,7 +32,7 @@ export function createPool(options: PoolOptions): pg.Pool {
   // An idle client killed by the server (restart, pg_terminate_backend) is
   // reported here; unhandled, it would crash the process.
   pool.on('error', (err) => {
-    options.logger.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'idle pool connection lost');
+    options.logger.warn({ err }, 'idle pool connection lost');
   });
   return pool;
 }

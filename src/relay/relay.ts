@@ -177,7 +177,7 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
           ensured = false; // the stream may be what went missing
           stats.publishFailures++;
           stats.lastPublishError = (err as Error).message;
-          log.warn({ attempt, kind: next.kind, err: { message: (err as Error).message } }, 'publish failed; retrying');
+          log.warn({ attempt, kind: next.kind, err }, 'publish failed; retrying');
           await sleepUnlessAborted(backoffDelay(attempt, o.backoff), stop.signal);
         }
       }
@@ -204,7 +204,7 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
         source.off('invalid', onInvalid);
         source.off('up', onUp);
         source.off('lost', onLost);
-        await source.close().catch((err: Error) => log.warn({ err: { message: err.message } }, 'closing the source failed'));
+        await source.close().catch((err: Error) => log.warn({ err }, 'closing the source failed'));
         if (drainMs > 0) {
           let timer: NodeJS.Timeout | undefined;
           await Promise.race([drained(), new Promise<void>((resolve) => (timer = setTimeout(resolve, drainMs)))]);

@@ -121,7 +121,7 @@ export class Scheduler {
       await job.run(this.abort.signal);
     } catch (err) {
       if (this.abort.signal.aborted) return;
-      this.logger.error({ job: job.name, err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'job failed');
+      this.logger.error({ job: job.name, err }, 'job failed');
     }
   }
 

@@ -45,7 +45,7 @@ function locked(
         return;
       }
       deps.metrics.job(name, 'failed');
-      deps.logger.error({ job: name, err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'job failed');
+      deps.logger.error({ job: name, err }, 'job failed');
     }
   };
 }

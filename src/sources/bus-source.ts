@@ -208,7 +208,7 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
         }
         attempt++;
         this.emit('retry', attempt, err as Error);
-        this.logger.warn({ source: this.name, attempt, err: { message: (err as Error).message } }, 'bus subscribe failed; retrying');
+        this.logger.warn({ source: this.name, attempt, err }, 'bus subscribe failed; retrying');
         await sleepUnlessAborted(backoffDelay(attempt, this.backoff), this.stop.signal);
         continue;
       }

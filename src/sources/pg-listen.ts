@@ -124,7 +124,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
         attempt++;
         this.emit('retry', attempt, err as Error);
         const level = permanent ? 'error' : 'warn';
-        this.options.logger[level]({ attempt, err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'listener connect failed; retrying');
+        this.options.logger[level]({ attempt, err }, 'listener connect failed; retrying');
         await sleepUnlessAborted(backoffDelay(attempt, this.options.backoff), this.stop.signal);
         continue;
       }

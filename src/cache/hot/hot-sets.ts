@@ -284,7 +284,7 @@ export class HotSetCache extends EventEmitter<{
         }
       } catch (err) {
         // Cannot confirm the rows: drop the sets rather than serve them.
-        this.options.logger.warn({ err: { message: (err as Error).message } }, 'hot-set refresh failed; dropping sets');
+        this.options.logger.warn({ err }, 'hot-set refresh failed; dropping sets');
         for (const pid of targets.keys()) this.sets.delete(pid);
       } finally {
         for (const pids of batch.values()) for (const pid of pids) this.undirty(pid);
@@ -300,7 +300,7 @@ export class HotSetCache extends EventEmitter<{
       .catch((err) => {
         // Back off: pgvector serves this personality until the verdict expires.
         this.notHot.set(pid, true, { ttl: FAILED_LOAD_BACKOFF_MS });
-        this.options.logger.warn({ personalityId: pid, err: { message: (err as Error).message } }, 'hot-set load failed');
+        this.options.logger.warn({ personalityId: pid, err }, 'hot-set load failed');
       })
       .finally(() => {
         if (this.loads.get(pid) === load) this.loads.delete(pid);

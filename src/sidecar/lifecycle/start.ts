@@ -29,7 +29,7 @@ export async function runSidecar(config: SidecarConfig, logger: Logger = createL
   const reason = await Promise.race([sidecar.start().then(() => Promise.race([signalled, sidecar.failed])), signalled]).catch(
     (err: Error) => {
       failure = err;
-      logger.fatal({ err: { message: err.message, code: (err as { code?: string }).code } }, 'start-up failed');
+      logger.fatal({ err }, 'start-up failed');
       return 'start-up failed';
     },
   );
