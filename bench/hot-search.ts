@@ -9,7 +9,8 @@
  * at 1,000 and 10,000 rows per set. Baselines: the per-row simsimd scan the
  * hot path used before, pgvector ivfflat (probes = 1, iterative scan: the miss
  * path) and pgvector HNSW (ef_search = 100), with recall@10 beside each
- * approximate figure. Uses its own database, dropped at the end.
+ * approximate figure. Each method is timed in runs of its own, rotated, on
+ * the same queries. Uses its own database, dropped at the end.
  */
 import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
@@ -377,37 +378,45 @@ async function searchFigures(
     const w = new Set(want.map((x) => set.ids[x.row]!));
     return got.filter((id) => w.has(id)).length / want.length;
   };
-  for (let i = 0; i < iterations; i++) {
-    const qi = i % set.queries.length;
+  const literals = set.queries.map((q) => pgvector.toSql(Array.from(q)) as string);
+  // Correctness first: every query once through each method.
+  for (let qi = 0; qi < set.queries.length; qi++) {
     const q = set.queries[qi]!;
-    let t = now();
     const res = qr.search(q, set.rows, set.ids, { k: K });
-    hot.push(now() - t);
-    if (simsimd) {
-      t = now();
-      perRowScan(simsimd, views, set.ids, q, K);
-      old.push(now() - t);
-    }
-    const literal = pgvector.toSql(Array.from(q)) as string;
-    t = now();
-    const a = await db.query<{ id: string }>(searchSql('memories'), [literal, set.personalityId, K]);
-    ivf.push(now() - t);
-    t = now();
-    const b = await db.query<{ id: string }>(searchSql('memories_hnsw'), [literal, set.personalityId, K]);
-    hnsw.push(now() - t);
-    if (i < set.queries.length) {
-      const want = exact[qi]!;
-      rescored += res.rescored;
-      scored += res.scored;
-      scans += res.scans;
-      recall.hot += recallOf(res.hits.map((h) => set.ids[h.row]!), want);
-      recall.ivf += recallOf(a.rows.map((r) => r.id), want);
-      recall.hnsw += recallOf(b.rows.map((r) => r.id), want);
-      const same = res.hits.length === want.length && res.hits.every((h, x) => h.row === want[x]!.row && Math.abs(h.similarity - want[x]!.similarity) <= 1e-6);
-      if (same) hotExact++;
+    const a = await db.query<{ id: string }>(searchSql('memories'), [literals[qi], set.personalityId, K]);
+    const b = await db.query<{ id: string }>(searchSql('memories_hnsw'), [literals[qi], set.personalityId, K]);
+    const want = exact[qi]!;
+    rescored += res.rescored;
+    scored += res.scored;
+    scans += res.scans;
+    recall.hot += recallOf(res.hits.map((h) => set.ids[h.row]!), want);
+    recall.ivf += recallOf(a.rows.map((r) => r.id), want);
+    recall.hnsw += recallOf(b.rows.map((r) => r.id), want);
+    const same = res.hits.length === want.length && res.hits.every((h, x) => h.row === want[x]!.row && Math.abs(h.similarity - want[x]!.similarity) <= 1e-6);
+    if (same) hotExact++;
+  }
+  // Timing: each method in runs of its own (so one method's memory traffic does not
+  // evict another's working set mid-measurement), runs rotated so drift hits all alike.
+  const methods: { times: number[]; run: (qi: number) => Promise<unknown> | unknown }[] = [
+    { times: hot, run: (qi) => qr.search(set.queries[qi]!, set.rows, set.ids, { k: K }) },
+    { times: ivf, run: (qi) => db.query(searchSql('memories'), [literals[qi], set.personalityId, K]) },
+    { times: hnsw, run: (qi) => db.query(searchSql('memories_hnsw'), [literals[qi], set.personalityId, K]) },
+  ];
+  if (simsimd) methods.push({ times: old, run: (qi) => perRowScan(simsimd, views, set.ids, set.queries[qi]!, K) });
+  const runs = 4;
+  const perRun = Math.ceil(iterations / runs);
+  for (let run = 0; run < runs; run++) {
+    for (let m = 0; m < methods.length; m++) {
+      const { times, run: once } = methods[(m + run) % methods.length]!;
+      for (let i = 0; i < perRun; i++) {
+        const qi = (run * perRun + i) % set.queries.length;
+        const t = now();
+        await once(qi);
+        times.push(now() - t);
+      }
     }
   }
-  const nq = Math.min(iterations, set.queries.length);
+  const nq = set.queries.length;
   const p50 = pct(hot, 50);
   const ivf50 = pct(ivf, 50);
   const hnsw50 = pct(hnsw, 50);

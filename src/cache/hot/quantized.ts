@@ -52,8 +52,10 @@ const WIDEN_FACTOR = 8;
 const FILTERED_SCAN_SHARE = 1 / 16;
 /** Rows per native f32 call (gathered into one shared scratch block), and per yield point of a full scan. */
 const BATCH_ROWS = 256;
-/** The first f32 batch of the int8 walk: small, so a lower bound on the k-th score comes early. */
+/** The first batch of the int8 walk (then doubling): small and scored exactly, so a good bar comes early. */
 const FIRST_BATCH_ROWS = 16;
+/** Batches up to this size are scored in JS: a native call has a fixed cost of a few µs. */
+const SMALL_BATCH_ROWS = 4;
 /** Rows sampled to estimate a filter's pass share. */
 const SHARE_SAMPLE_ROWS = 1024;
 /** f64 rescores between yield points. */
@@ -113,7 +115,7 @@ export interface QuantizedSearchResult {
   hits: QuantizedHit[];
   /** Rows scored natively in f32 (gathered), to bound them tightly. */
   scored: number;
-  /** Rows rescored exactly in f64: the answer and the rows tied with it within the f32 bound. */
+  /** Rows scored exactly in f64 (JS): the first, likeliest candidates, and native-scored rows that may be in the answer. */
   rescored: number;
   /** Native int8 block scans (one per block per round). */
   scans: number;
@@ -557,15 +559,12 @@ export class QuantizedRows {
     let qNormSq = 0;
     let base = 0;
     let wMax = 0;
-    const w = new Float64Array(dim);
     for (let j = 0; j < dim; j++) {
       const qj = q[j]!;
       qNormSq += qj * qj;
       base += offsets[j]! * qj;
-      const wj = scales[j]! * qj;
-      w[j] = wj;
-      if (wj > wMax) wMax = wj;
-      else if (-wj > wMax) wMax = -wj;
+      const wj = Math.abs(scales[j]! * qj);
+      wMax = wj > wMax ? wj : wMax;
     }
     if (!(wMax > 0) || !Number.isFinite(wMax) || !Number.isFinite(base) || !Number.isFinite(qNormSq)) return undefined;
     const t = wMax / CODE_MAX;
@@ -573,9 +572,10 @@ export class QuantizedRows {
     const codes = new Int8Array(dim); // its own buffer: usearch ignores a view's byteOffset
     let fNormSq = 0;
     for (let j = 0; j < dim; j++) {
-      const d = code(w[j]! * inverseT);
+      const wj = scales[j]! * q[j]!; // the same product as above, bit for bit
+      const d = ((wj * inverseT + 128.5) | 0) - 128; // nearest; |wj·inverseT| ≤ 127 by the choice of t
       codes[j] = d;
-      const f = w[j]! - t * d;
+      const f = wj - t * d;
       fNormSq += f * f;
     }
     const fNorm = Math.sqrt(fNormSq);
@@ -645,7 +645,7 @@ export class QuantizedRows {
 
     const q = new Float64Array(query);
     const q32 = new Float32Array(query); // its own buffer: usearch ignores a view's byteOffset
-    const scoring = new F32Scoring(rows, q32, q, dim, k, min, quant.rowNorms, result, this.kernels.f32);
+    const scoring = new Scoring(rows, q32, q, dim, k, min, quant.rowNorms, result, this.kernels.f32);
     const int8 = quant.built && this.kernels.i8 && n - quant.exceptions.size > 0;
     const prepared = int8 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q) : undefined;
     if (!prepared) {
@@ -658,7 +658,7 @@ export class QuantizedRows {
         }
       }
       scoring.flush();
-      return yield* this.finish(scoring, q, ids);
+      return yield* this.finish(scoring, ids);
     }
 
     const { codes, base, t, rowBound } = prepared;
@@ -678,9 +678,11 @@ export class QuantizedRows {
     // A second native round costs a whole scan, a longer first list only a bigger heap: ask generously.
     let wanted = Math.ceil(Math.max(this.depth * 3, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
     let examined = 0; // candidate depth this proof needed, to size the next first request
+    let pruned = false; // whether the bound left any row unscored
     let seen: Uint8Array | undefined;
     const firstRound: number[] = [];
-    let batch = Math.max(FIRST_BATCH_ROWS, k);
+    let batch = Math.min(Math.max(FIRST_BATCH_ROWS, k), BATCH_ROWS);
+    let firstFlushed = false;
     for (let round = 0; ; round++) {
       // One native scan per block, each returning its best `wanted` rows by integer dot.
       let candidates: number[] = [];
@@ -694,13 +696,14 @@ export class QuantizedRows {
         const block = quant.chunks[c]!;
         const m = exactSearch(rowsHere * dim === block.length ? block : block.subarray(0, rowsHere * dim), codes, dim, take, MetricKind.IP, 1);
         result.scans++;
-        const { keys, distances: dist } = m;
+        const keys = lowWords(m.keys);
+        const dist = m.distances;
         let last = -Infinity;
         for (let x = 0; x < take; x++) {
           const dx = dist[x]!;
           if (dx < last) sorted = false;
           if (dx > last) last = dx;
-          candidates.push(Number(keys[x]!) + c * chunkRows);
+          candidates.push(keys[2 * x]! + c * chunkRows);
           distances.push(dx);
         }
         if (take < rowsHere) {
@@ -722,73 +725,85 @@ export class QuantizedRows {
         if (exceptional[row] === 1 || (seen && seen[row] === 1)) continue;
         const approx = base + t * (1 - distances[x]!);
         const bar = scoring.bar();
-        if (approx + globalBound < bar) break; // and so is every later candidate
+        if (approx + globalBound < bar) {
+          pruned = true;
+          break; // and so is every later candidate
+        }
         if (accept && !accept(row)) continue;
-        if (approx + rowBound(codeNorms[row]!, errorNorms[row]!) < bar) continue;
+        if (approx + rowBound(codeNorms[row]!, errorNorms[row]!) < bar) {
+          pruned = true;
+          continue;
+        }
         if (seen) seen[row] = 1;
         else firstRound.push(row);
         if (scoring.add(row) >= batch) {
-          scoring.flush();
-          batch = BATCH_ROWS;
+          // The first batch holds most of the answer: scored exactly, it sets the bar for the rest.
+          scoring.flush(!firstFlushed);
+          firstFlushed = true;
+          batch = Math.min(BATCH_ROWS, batch * 2); // the bar rises between batches: keep them short at first
           yield;
         }
       }
-      scoring.flush();
+      scoring.flush(!firstFlushed);
+      firstFlushed = true;
       examined += x;
       if (allScanned || unscannedTop + globalBound < scoring.bar()) {
         this.depth = 0.8 * this.depth + 0.2 * Math.min(examined * share, chunkRows);
-        return yield* this.finish(scoring, q, ids);
+        if (allScanned && !pruned) result.path = 'exhaustive';
+        return yield* this.finish(scoring, ids);
       }
       if (!seen) {
         seen = new Uint8Array(n);
         for (const row of firstRound) seen[row] = 1;
       }
       wanted *= WIDEN_FACTOR;
-      if (wanted * 4 >= Math.min(n, chunkRows)) {
-        // The bound cannot separate this query's rows: scoring the rest in order beats sorting them all by code.
-        result.path = 'exhaustive';
-        this.depth = 0.8 * this.depth + 0.2 * Math.min(examined * share, chunkRows);
-        for (let r = 0; r < n; r++) {
-          if (exceptional[r] === 1 || seen[r] === 1 || (accept && !accept(r))) continue;
-          if (scoring.add(r) >= BATCH_ROWS) {
-            scoring.flush();
-            yield;
-          }
-        }
-        scoring.flush();
-        return yield* this.finish(scoring, q, ids);
-      }
     }
   }
 
-  /** Rescores in f64 every scored row that can still be in the top-k, and ranks them. */
-  private *finish(scoring: F32Scoring, q: Float64Array, ids: ArrayLike<string>): Generator<void, QuantizedSearchResult, void> {
-    const { result, min, rows } = scoring;
+  /** Rescores in f64 every row that can still be in the top-k, and ranks them. */
+  private *finish(scoring: Scoring, ids: ArrayLike<string>): Generator<void, QuantizedSearchResult, void> {
     const top = new TopK(scoring.k, ids);
-    const survivors = scoring.survivors();
-    for (let i = 0; i < survivors.length; i++) {
-      const row = survivors[i]!;
-      const s = dotRow(rows, row, q, this.dim);
-      result.rescored++;
-      if (s >= min) top.offer(s, row);
-      if (i % RESCORES_PER_STEP === RESCORES_PER_STEP - 1) yield;
-    }
+    yield* scoring.rank(top);
+    const { result } = scoring;
     result.hits = top.rows.map((row, i) => ({ row, similarity: Math.min(1, Math.max(-1, top.scores[i]!)) }));
     return result;
   }
+}
+
+/** Exact f64 scores of list[from..to) offered to `top` (kept out of the generator: V8 optimizes plain loops better). */
+function rescoreInto(top: TopK, rows: Float32Array, list: number[], from: number, to: number, q: Float64Array, dim: number, min: number): void {
+  for (let i = from; i < to; i++) {
+    const row = list[i]!;
+    const s = dotRow(rows, row, q, dim);
+    if (s >= min) top.offer(s, row);
+  }
+}
+
+const littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * usearch's keys (row offsets, far below 2³²) as 32-bit words: key x is word
+ * 2x. Reading words skips a BigInt conversion per candidate.
+ */
+function lowWords(keys: BigUint64Array): Uint32Array | number[] {
+  if (!littleEndian) return Array.from(keys, (key) => Number(key)).flatMap((v) => [v, 0]);
+  return new Uint32Array(keys.buffer, keys.byteOffset, keys.length * 2);
 }
 
 /** Scratch blocks for gathered f32 rows, one per dimension count: a batch is gathered and scored without yielding in between. */
 const scratchBlocks = new Map<number, Float32Array>();
 
 /**
- * Native f32 scores of gathered rows, each within `delta` of its exact
- * score, and the k-th best lower bound so far (rows sure to qualify only).
+ * Scores of candidate rows, each an interval: exact (f64, in JS) or native
+ * f32 ± delta; and the k-th best lower bound so far, below which no row can
+ * be in the answer.
  */
-class F32Scoring {
+class Scoring {
   private pending: number[] = [];
-  private readonly scoredRows: number[] = [];
-  private readonly uppers: number[] = [];
+  private readonly keptRows: number[] = [];
+  private readonly keptScores: number[] = [];
+  /** 0 for an exact score. */
+  private readonly keptDeltas: number[] = [];
   /** The k best lower bounds (score − delta) so far, descending. */
   private readonly lowers: number[] = [];
   private readonly scratch: Float32Array;
@@ -803,7 +818,7 @@ class F32Scoring {
     readonly min: number,
     private readonly rowNorms: Float32Array,
     readonly result: QuantizedSearchResult,
-    /** False: score in JS, exactly (see nativeKernelsFit). */
+    /** False: every score in JS, exactly (see nativeKernelsFit). */
     private readonly native: boolean,
   ) {
     let scratch = scratchBlocks.get(dim);
@@ -828,15 +843,19 @@ class F32Scoring {
     return this.pending.push(row);
   }
 
-  /** Scores the queued rows in one native call. */
-  flush(): void {
+  /**
+   * Scores the queued rows: in JS and exactly when `exact` (rows likely to
+   * be in the answer, which needs their f64 score anyway) or the batch is
+   * too small to repay a native call, else natively in f32.
+   */
+  flush(exact = false): void {
     const { pending, dim, scratch, rows } = this;
     const m = pending.length;
     if (m === 0) return;
-    if (!this.native) {
+    this.pending = [];
+    if (exact || !this.native || m <= SMALL_BATCH_ROWS) {
       for (const row of pending) this.keep(row, dotRow(rows, row, this.q64, dim), 0);
-      this.result.scored += m;
-      this.pending = [];
+      this.result.rescored += m;
       return;
     }
     if (pending[m - 1]! - pending[0]! === m - 1) {
@@ -849,21 +868,21 @@ class F32Scoring {
     }
     const found = exactSearch(m * dim === scratch.length ? scratch : scratch.subarray(0, m * dim), this.q32, dim, m, MetricKind.IP, 1);
     this.result.scored += m;
+    const keys = lowWords(found.keys);
     for (let x = 0; x < m; x++) {
-      const row = pending[Number(found.keys[x]!)]!;
+      const row = pending[keys[2 * x]!]!;
       const score = 1 - found.distances[x]!;
       this.keep(row, score, f32Delta(dim, this.rowNorms[row]!, this.qNorm, score));
     }
-    this.pending = [];
   }
 
   /** Records a row's score ± delta, unless it already cannot reach the bar. */
   private keep(row: number, score: number, delta: number): void {
-    const upper = score + delta;
-    // NaN scores (a non-finite row) fail every comparison below: kept, and left to the f64 rescore.
-    if (upper < this.bar()) return;
-    this.scoredRows.push(row);
-    this.uppers.push(upper);
+    // NaN scores (a non-finite row) fail every comparison below: kept; the f64 step leaves them out.
+    if (score + delta < this.bar()) return;
+    this.keptRows.push(row);
+    this.keptScores.push(score);
+    this.keptDeltas.push(delta);
     this.offerLower(score - delta); // bar() only trusts the k-th when it clears minSimilarity: then all k do
   }
 
@@ -878,12 +897,24 @@ class F32Scoring {
     lowers.splice(i, 0, lower);
   }
 
-  /** Scored rows that can still reach the final bar. */
-  survivors(): number[] {
+  /** Ranks the kept rows that can still reach the final bar: exact ones as scored, the rest rescored in f64. */
+  *rank(top: TopK): Generator<void, void, void> {
     const bar = this.bar();
-    const out: number[] = [];
-    for (let i = 0; i < this.scoredRows.length; i++) if (!(this.uppers[i]! < bar)) out.push(this.scoredRows[i]!);
-    return out;
+    const { keptRows, keptScores, keptDeltas, min } = this;
+    const approximate: number[] = [];
+    for (let i = 0; i < keptRows.length; i++) {
+      if (keptScores[i]! + keptDeltas[i]! < bar) continue;
+      if (keptDeltas[i] === 0) {
+        if (keptScores[i]! >= min) top.offer(keptScores[i]!, keptRows[i]!);
+      } else {
+        approximate.push(keptRows[i]!);
+      }
+    }
+    for (let i = 0; i < approximate.length; i += RESCORES_PER_STEP) {
+      if (i > 0) yield;
+      rescoreInto(top, this.rows, approximate, i, Math.min(approximate.length, i + RESCORES_PER_STEP), this.q64, this.dim, min);
+    }
+    this.result.rescored += approximate.length;
   }
 }
 
