@@ -272,6 +272,11 @@ export class CacheCore<P extends object> extends EventEmitter<CacheCoreEvents> {
     if (deleted) this.hot?.drop([id]);
   }
 
+  /** Drops every cached personality (their loader changed shape, say); hot sets stay. */
+  clearPersonalities(): void {
+    this.personalities.clear();
+  }
+
   /** Personalities whose cached set holds this memory (known before a delete, so a lost reply cannot strand a copy). */
   holding(memoryId: string): string[] {
     return this.hot?.holding(memoryId) ?? [];

@@ -66,6 +66,9 @@ export interface MemorySyncStats {
 export type MemorySyncEvents = CacheCoreEvents;
 
 /** The lookup and write surface shared by the in-process and the sidecar client. */
+/** A loader for cached personalities: (id) => the personality as the caller wants it, or null. */
+export type PersonalityLoader = (id: string) => Promise<object | null>;
+
 export interface MemoryClient {
   getPersonality(id: string): Promise<PersonalityWithConfig | null>;
   findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]>;
@@ -77,6 +80,13 @@ export interface MemoryClient {
   deletePersonality(id: string): Promise<boolean>;
   /** Resolves once every change committed before the call has been applied (read-your-writes across processes). */
   sync(timeoutMs?: number): Promise<void>;
+  /**
+   * Loads personalities on a miss with `load` instead of memory-sync's own
+   * query (memorySyncExtension passes the bot's Prisma, so cached values
+   * carry the bot's own columns and types). The same invalidation applies.
+   * Returns false when this client keeps no personality cache.
+   */
+  cachePersonalitiesWith(load: PersonalityLoader): boolean;
   close(): Promise<void>;
 }
 
@@ -104,6 +114,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
   private pgvectorSearches = 0;
+  private personalityLoader: (id: string) => Promise<PersonalityWithConfig | null>;
   private summaryTimer: NodeJS.Timeout | undefined;
   /** Aborted by stopRetrying()/close(): calls in flight stop waiting for the database. */
   private readonly lifetime = new AbortController();
@@ -145,6 +156,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
 
+    this.personalityLoader = (id) => withRetry(() => loadPersonality(this.db(), id), this.retry);
     const store: HotSetStore = {
       count: (pid, limit) => withRetry(() => countPersonalityMemories(this.db(), pid, limit), this.retry),
       stream: (pid, limit, onRow, signal) =>
@@ -154,7 +166,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.core = new CacheCore<PersonalityWithConfig>({
       logger: this.logger,
       personalities: o.personalities,
-      loadPersonality: (id) => withRetry(() => loadPersonality(this.db(), id), this.retry),
+      loadPersonality: (id) => this.personalityLoader(id),
       hotSets: { store, ...o.hotSets },
       hooks,
     });
@@ -163,6 +175,12 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.core.on('invalid', (reason, sample) => this.warnings.warn('invalid', { reason, sample }, 'invalid notification ignored'));
     this.core.on('down', (reason) => this.logger.warn({ reason, source: this.source.name }, 'change source down; serving from the database'));
     this.core.on('reconnect', (lost) => this.logger.warn({ lost, source: this.source.name }, lost ? 'change source back; caches flushed' : 'change source resumed; nothing lost'));
+  }
+
+  cachePersonalitiesWith(load: PersonalityLoader): boolean {
+    this.personalityLoader = load as (id: string) => Promise<PersonalityWithConfig | null>;
+    this.core.clearPersonalities(); // what is cached has the old shape
+    return true;
   }
 
   /** The change source: LISTEN on PostgreSQL, in-process listen on the embedded database (after start()). */
@@ -326,7 +344,18 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     const hot = await this.core.search(q.personalityId, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
     if (hot.status === 'hit') return hot.results;
     this.pgvectorSearches++;
-    return withRetry(() => searchMemories(this.db(), q), this.retry);
+    if (this.ownsPool) return withRetry(() => searchMemories(this.db(), q), this.retry);
+    // A borrowed pool (or one behind PgBouncer) lacks our session settings: without iterative
+    // scans ivfflat can return fewer rows than the filter lets through. Set them for this query.
+    const settings = `SET LOCAL ivfflat.iterative_scan = relaxed_order; SET LOCAL ivfflat.probes = ${this.options.ivfflatProbes}`;
+    return withRetry(
+      () =>
+        this.db().transaction(async (tx) => {
+          await tx.query(settings);
+          return searchMemories(tx, q);
+        }),
+      this.retry,
+    );
   }
 
   async storeMemory(input: StoreInput): Promise<string> {

@@ -1,5 +1,5 @@
 import { Prisma } from '@prisma/client/extension';
-import type { MemoryClient, PersonalityWithConfig } from './memory-sync.js';
+import type { MemoryClient } from './memory-sync.js';
 
 /** Prisma operations that change rows. */
 const WRITES = new Set([
@@ -14,76 +14,100 @@ const WRITES = new Set([
   'deleteMany',
 ]);
 
-/** The id when `args` is exactly `{ where: { id } }`, optionally with `include: { llmConfig: true }`; else undefined. */
-function servableId(args: unknown): { id: string; withConfig: boolean } | undefined {
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The id when `args` is exactly `{ where: { id } }` with a UUID, optionally with
+ * `include: { llmConfig: true }`; else undefined (Prisma answers, and reports
+ * a malformed id its own way).
+ */
+function servable(args: unknown): { id: string; withConfig: boolean } | undefined {
   if (typeof args !== 'object' || args === null) return undefined;
   const { where, include, ...rest } = args as { where?: unknown; include?: unknown };
-  if (Object.keys(rest).length > 0) return undefined; // select, omit, relationLoadStrategy…: Prisma answers
-  if (typeof where !== 'object' || where === null) return undefined;
-  const keys = Object.keys(where);
+  if (Object.keys(rest).length > 0) return undefined; // select, omit, relationLoadStrategy…
+  if (typeof where !== 'object' || where === null || Object.keys(where).length !== 1) return undefined;
   const id = (where as { id?: unknown }).id;
-  if (keys.length !== 1 || typeof id !== 'string') return undefined;
-  if (include === undefined) return { id, withConfig: false };
-  if (typeof include === 'object' && include !== null && Object.keys(include).length === 1 && (include as { llmConfig?: unknown }).llmConfig === true) {
-    return { id, withConfig: true };
-  }
+  if (typeof id !== 'string' || !UUID.test(id)) return undefined;
+  if (include === undefined) return { id: id.toLowerCase(), withConfig: false };
+  const only = typeof include === 'object' && include !== null && Object.keys(include).length === 1;
+  if (only && (include as { llmConfig?: unknown }).llmConfig === true) return { id: id.toLowerCase(), withConfig: true };
   return undefined;
 }
 
 /** Prisma hands out objects the caller may change: a copy, not the cache's frozen value. */
-function copy(p: PersonalityWithConfig, withConfig: boolean): object {
-  const { llmConfig, ...personality } = p;
-  return withConfig ? { ...personality, llmConfig: llmConfig && { ...llmConfig } } : personality;
+function copy(p: object, withConfig: boolean): object {
+  const { llmConfig, ...personality } = p as { llmConfig?: object | null };
+  if (!withConfig) return personality;
+  return { ...personality, llmConfig: llmConfig ? { ...llmConfig } : null };
 }
+
+type Memory = Pick<MemoryClient, 'getPersonality' | 'sync' | 'cachePersonalitiesWith'>;
 
 /**
  * Cache-aside inside Prisma. With `prisma.$extends(memorySyncExtension(memory))`,
  * `personality.findUnique({ where: { id } })` (optionally with
  * `include: { llmConfig: true }`) is answered from memory-sync's cache, which
  * the database's own triggers keep in step: no TTL, no manual invalidation.
- * Every other query passes through untouched. A write to personalities, LLM
- * configs or memories through this client waits for memory-sync's barrier
- * before it resolves, so the writer reads its own write.
+ * A miss is loaded by your Prisma client, so cached values have your schema's
+ * columns and types. Every other query passes through untouched.
  *
- * `memory` is a started createMemorySync() or createSidecarClient().
- * Writes inside an interactive `$transaction` are visible once it commits.
+ * Read-your-writes: a write to personalities, LLM configs or memories through
+ * the extended client, and every `$transaction` (batch or interactive),
+ * resolves only after memory-sync has applied it.
+ *
+ * `memory` is a started createMemorySync(), or a createSidecarClient() with
+ * `localCache` (without one, lookups pass through and only writes wait).
  */
-export function memorySyncExtension(memory: Pick<MemoryClient, 'getPersonality' | 'sync'>) {
-  return Prisma.defineExtension({
-    name: 'memory-sync',
-    query: {
-      personality: {
-        async $allOperations({ operation, args, query }) {
-          if (operation === 'findUnique' || operation === 'findUniqueOrThrow') {
-            const hit = servableId(args);
-            if (hit) {
-              const p = await memory.getPersonality(hit.id);
-              if (p) return copy(p, hit.withConfig);
-              // findUniqueOrThrow: Prisma's own not-found error, from Prisma.
-              if (operation === 'findUnique') return null;
+export function memorySyncExtension(memory: Memory) {
+  return Prisma.defineExtension((client) => {
+    // The base client: loads with it never come back through this extension.
+    const base = client as unknown as {
+      personality: { findUnique(args: unknown): Promise<object | null> };
+      $transaction(...args: unknown[]): Promise<unknown>;
+    };
+    const caching = memory.cachePersonalitiesWith((id) => base.personality.findUnique({ where: { id }, include: { llmConfig: true } }));
+    const afterWrite = async <T>(result: T): Promise<T> => {
+      await memory.sync();
+      return result;
+    };
+    return client.$extends({
+      name: 'memory-sync',
+      client: {
+        /** As Prisma's; resolves after memory-sync has applied what the transaction committed. */
+        async $transaction(...args: unknown[]) {
+          return afterWrite(await base.$transaction(...args));
+        },
+      },
+      query: {
+        personality: {
+          async $allOperations({ operation, args, query }) {
+            if (caching && (operation === 'findUnique' || operation === 'findUniqueOrThrow')) {
+              const hit = servable(args);
+              if (hit) {
+                const p = await memory.getPersonality(hit.id);
+                if (p) return copy(p, hit.withConfig);
+                // findUniqueOrThrow: Prisma's own not-found error, from Prisma.
+                if (operation === 'findUnique') return null;
+              }
+              return query(args);
             }
-            return query(args);
-          }
-          if (!WRITES.has(operation)) return query(args);
-          const result = await query(args);
-          await memory.sync();
-          return result;
+            const result = await query(args);
+            return WRITES.has(operation) ? afterWrite(result) : result;
+          },
+        },
+        llmConfig: {
+          async $allOperations({ operation, args, query }) {
+            const result = await query(args);
+            return WRITES.has(operation) ? afterWrite(result) : result;
+          },
+        },
+        memory: {
+          async $allOperations({ operation, args, query }) {
+            const result = await query(args);
+            return WRITES.has(operation) ? afterWrite(result) : result;
+          },
         },
       },
-      llmConfig: {
-        async $allOperations({ operation, args, query }) {
-          const result = await query(args);
-          if (WRITES.has(operation)) await memory.sync();
-          return result;
-        },
-      },
-      memory: {
-        async $allOperations({ operation, args, query }) {
-          const result = await query(args);
-          if (WRITES.has(operation)) await memory.sync();
-          return result;
-        },
-      },
-    },
+    });
   });
 }

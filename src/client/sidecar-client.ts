@@ -7,7 +7,7 @@ import { EventStream } from '../sources/event-stream.js';
 import { SidecarStreamSource } from '../sources/sidecar-stream.js';
 import { validateId } from '../validation/memory.js';
 import pino from 'pino';
-import type { MemoryClient, PersonalityInput, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
+import type { MemoryClient, PersonalityInput, PersonalityLoader, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
 
 export interface SidecarClientOptions {
   /** The sidecar's base URL, e.g. http://127.0.0.1:7420. */
@@ -78,6 +78,7 @@ export class SidecarClient implements MemoryClient {
   private readonly timeoutMs: number;
   private readonly connectTimeoutMs: number;
   private readonly local: CacheCore<PersonalityWithConfig> | undefined;
+  private loader: (id: string) => Promise<PersonalityWithConfig | null> = (id) => this.fetchPersonality(id);
   private readonly source: SidecarStreamSource | undefined;
 
   constructor(options: SidecarClientOptions) {
@@ -100,7 +101,7 @@ export class SidecarClient implements MemoryClient {
       this.local = new CacheCore<PersonalityWithConfig>({
         logger: pino({ level: 'silent' }),
         personalities: { max: lc.max ?? 1_000, ttlMs: lc.ttlMs ?? 300_000, negativeTtlMs: lc.negativeTtlMs ?? 5_000 },
-        loadPersonality: (id) => this.fetchPersonality(id),
+        loadPersonality: (id) => this.loader(id),
       });
       this.local.connect(this.source);
       void this.source.start();
@@ -120,6 +121,14 @@ export class SidecarClient implements MemoryClient {
   private async getPersonalitySlow(id: string): Promise<PersonalityWithConfig | null> {
     const key = validateId(id);
     return this.local ? this.local.getPersonality(key) : this.fetchPersonality(key);
+  }
+
+  /** Only with `localCache`: the bot process loads and caches, the sidecar's stream invalidates. */
+  cachePersonalitiesWith(load: PersonalityLoader): boolean {
+    if (!this.local) return false;
+    this.loader = load as (id: string) => Promise<PersonalityWithConfig | null>;
+    this.local.clearPersonalities();
+    return true;
   }
 
   /**

@@ -380,11 +380,14 @@ export async function createMigration(options: CreateMigrationOptions): Promise<
     ? await loadMigrationList(baseDir)
     : { baseDir, lockfile: { path: 'migration_lock.toml', content: null }, shadowDbInitScript: '', migrationDirectories: [] };
 
+  // A folder without a lock file yet (a first migration): the engine needs the connector from it.
+  const diffList: MigrationList =
+    migrationsList.lockfile.content === null ? { ...migrationsList, lockfile: { ...migrationsList.lockfile, content: MIGRATION_LOCK } } : migrationsList;
   const generated = await withShadowDatabase(options, async (shadowUrl) => {
     const handle = await openDiffEngine(options.databaseUrl ?? shadowUrl, shadowUrl, schema, log);
     try {
       const out = await handle.engine.diff({
-        from: { tag: 'migrations', ...migrationsList },
+        from: { tag: 'migrations', ...diffList },
         to: { tag: 'schemaDatamodel', files: [schema] },
         script: true,
         exitCode: true,

@@ -240,8 +240,19 @@ describe('adopt after `memory-sync migrate` failed on the bot database', () => {
   });
 
   it("repairs the failed row that blocks the bot's own migrate deploy", async () => {
-    // The init migration collides with the bot's tables and is recorded as failed ...
-    await expect(migrate({ databaseUrl: db.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).rejects.toThrow(/already exists/);
+    // `memory-sync migrate` now refuses a bot's history before doing anything ...
+    await expect(migrate({ databaseUrl: db.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).rejects.toThrow(/memory-sync adopt/);
+    // ... but an older version (or `prisma migrate deploy` with our folder) applied the init
+    // migration, which collided with the bot's tables and was recorded as failed ...
+    const f = await connect(db.url);
+    try {
+      await f.query(
+        `INSERT INTO _prisma_migrations (id, checksum, migration_name, logs, started_at, applied_steps_count) VALUES (gen_random_uuid()::text, 'x', $1, 'relation "personalities" already exists', now(), 0)`,
+        [OURS[0]],
+      );
+    } finally {
+      await f.end();
+    }
     // ... which stops the bot's deploys (P3009).
     await expect(migrate({ databaseUrl: db.url, migrationsDir: botMigrations, schemaPath: SCHEMA_PATH })).rejects.toThrow(/failed migrations/);
 
