@@ -40,8 +40,8 @@ const SCALE_FLOOR = 2 ** -20;
 /** Relative and absolute slack on every bound: covers f64 rounding in the bound and in the rescore itself. */
 const REL_SLACK = 1e-6;
 const ABS_SLACK = 1e-9;
-/** Candidates taken in the first round (before dividing by the filter's pass share) while no depth is learned. */
-const FIRST_CANDIDATES = 64;
+/** Fewest candidates taken in the first round, before dividing by the filter's pass share. */
+const FIRST_CANDIDATES = 32;
 /** Each further round takes this many times more candidates. */
 const WIDEN_FACTOR = 8;
 /**
@@ -52,12 +52,12 @@ const WIDEN_FACTOR = 8;
 const FILTERED_SCAN_SHARE = 1 / 16;
 /** Rows per native f32 call (gathered into one shared scratch block), and per yield point of a full scan. */
 const BATCH_ROWS = 256;
-/** The first batch of the int8 walk (then doubling): small and scored exactly, so a good bar comes early. */
-const FIRST_BATCH_ROWS = 16;
+/** The first batch of the int8 walk is k + 4 rows, at least this many (then doubling): scored exactly, so a good bar comes early. */
+const FIRST_BATCH_ROWS = 8;
 /** Batches up to this size are scored in JS: a native call has a fixed cost of a few µs. */
 const SMALL_BATCH_ROWS = 4;
 /** Rows sampled to estimate a filter's pass share. */
-const SHARE_SAMPLE_ROWS = 1024;
+const SHARE_SAMPLE_ROWS = 256;
 /** f64 rescores between yield points. */
 const RESCORES_PER_STEP = 64;
 /** Rows per yield point of a build (~1 ms of quantizing at 1536 dims). */
@@ -143,6 +143,13 @@ function dotRow(rows: Float32Array, row: number, q: Float64Array, dim: number): 
   }
   for (; j < dim; j++) s0 += rows[off + j]! * q[j]!;
   return s0 + s1 + s2 + s3;
+}
+
+/** ‖v‖ in f64. */
+function norm(v: Float32Array | Float64Array): number {
+  let s = 0;
+  for (let j = 0; j < v.length; j++) s += v[j]! * v[j]!;
+  return Math.sqrt(s);
 }
 
 /** The nearest code to v, clamped to ±127. Any rounding is sound (the error is measured after); Math.round is ~10× slower here. */
@@ -309,7 +316,7 @@ export class QuantizedRows {
   /** Which native kernels keep the bounds' promises here (see nativeKernelsFit). */
   private readonly kernels: { i8: boolean; f32: boolean };
   /** Smoothed candidate depth the proofs needed: sizes the first native request. */
-  private depth = FIRST_CANDIDATES;
+  private depth = 2 * FIRST_CANDIDATES;
 
   /**
    * @param dim - dimensions per row.
@@ -551,22 +558,20 @@ export class QuantizedRows {
    * plus the native distance's rounding. Undefined when the codes would say
    * nothing (a query orthogonal to every scale, or non-finite).
    */
-  private prepareQuery(q: Float64Array):
+  private prepareQuery(q: Float64Array, qNorm: number):
     | { codes: Int8Array; base: number; t: number; rowBound: (codeNorm: number, errorNorm: number) => number }
     | undefined {
     const { dim } = this;
     const { offsets, scales } = this.q;
-    let qNormSq = 0;
     let base = 0;
     let wMax = 0;
     for (let j = 0; j < dim; j++) {
       const qj = q[j]!;
-      qNormSq += qj * qj;
       base += offsets[j]! * qj;
       const wj = Math.abs(scales[j]! * qj);
       wMax = wj > wMax ? wj : wMax;
     }
-    if (!(wMax > 0) || !Number.isFinite(wMax) || !Number.isFinite(base) || !Number.isFinite(qNormSq)) return undefined;
+    if (!(wMax > 0) || !Number.isFinite(wMax) || !Number.isFinite(base) || !Number.isFinite(qNorm)) return undefined;
     const t = wMax / CODE_MAX;
     const inverseT = 1 / t;
     const codes = new Int8Array(dim); // its own buffer: usearch ignores a view's byteOffset
@@ -579,7 +584,6 @@ export class QuantizedRows {
       fNormSq += f * f;
     }
     const fNorm = Math.sqrt(fNormSq);
-    const qNorm = Math.sqrt(qNormSq);
     const kernelError = t * this.kernelSlack;
     const rowBound = (codeNorm: number, errorNorm: number) =>
       (codeNorm * fNorm + errorNorm * qNorm + kernelError) * (1 + REL_SLACK) + ABS_SLACK;
@@ -597,7 +601,7 @@ export class QuantizedRows {
     const quant = this.q;
     const n = this._count;
     if (query.length !== dim) throw new RangeError(`query has ${query.length} dimensions, expected ${dim}`);
-    const prepared = quant.built && n > 0 && this.kernels.i8 ? this.prepareQuery(new Float64Array(query)) : undefined;
+    const prepared = quant.built && n > 0 && this.kernels.i8 ? this.prepareQuery(new Float64Array(query), norm(query)) : undefined;
     if (!prepared) return undefined;
     const approx = new Float64Array(n);
     const bound = new Float64Array(n);
@@ -647,7 +651,7 @@ export class QuantizedRows {
     const q32 = new Float32Array(query); // its own buffer: usearch ignores a view's byteOffset
     const scoring = new Scoring(rows, q32, q, dim, k, min, quant.rowNorms, result, this.kernels.f32);
     const int8 = quant.built && this.kernels.i8 && n - quant.exceptions.size > 0;
-    const prepared = int8 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q) : undefined;
+    const prepared = int8 && share > FILTERED_SCAN_SHARE ? this.prepareQuery(q, scoring.qNorm) : undefined;
     if (!prepared) {
       result.path = int8 && accept && share <= FILTERED_SCAN_SHARE ? 'filtered' : 'exhaustive';
       for (let r = 0; r < n; r++) {
@@ -675,13 +679,14 @@ export class QuantizedRows {
     }
     scoring.flush();
 
-    // A second native round costs a whole scan, a longer first list only a bigger heap: ask generously.
-    let wanted = Math.ceil(Math.max(this.depth * 3, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
+    // A second native round costs a whole scan, a longer first list only a bigger heap (about
+    // +20 µs for 256 rows at 10,000 × 1536, +250 µs for 1,024): twice the usual depth.
+    let wanted = Math.ceil(Math.max(this.depth * 2, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
     let examined = 0; // candidate depth this proof needed, to size the next first request
     let pruned = false; // whether the bound left any row unscored
     let seen: Uint8Array | undefined;
     const firstRound: number[] = [];
-    let batch = Math.min(Math.max(FIRST_BATCH_ROWS, k), BATCH_ROWS);
+    let batch = Math.min(Math.max(FIRST_BATCH_ROWS, k + 4), BATCH_ROWS);
     let firstFlushed = false;
     for (let round = 0; ; round++) {
       // One native scan per block, each returning its best `wanted` rows by integer dot.
@@ -807,7 +812,7 @@ class Scoring {
   /** The k best lower bounds (score − delta) so far, descending. */
   private readonly lowers: number[] = [];
   private readonly scratch: Float32Array;
-  private readonly qNorm: number;
+  readonly qNorm: number;
 
   constructor(
     readonly rows: Float32Array,
@@ -827,9 +832,7 @@ class Scoring {
       scratchBlocks.set(dim, scratch);
     }
     this.scratch = scratch;
-    let qq = 0;
-    for (let j = 0; j < dim; j++) qq += q32[j]! * q32[j]!;
-    this.qNorm = Math.sqrt(qq);
+    this.qNorm = norm(q64);
   }
 
   /** Rows below this cannot be in the answer: the k-th best lower bound, or minSimilarity. */
