@@ -43,6 +43,19 @@ function copy(p: object, withConfig: boolean): object {
 
 type Memory = Pick<MemoryClient, 'getPersonality' | 'sync' | 'cachePersonalitiesWith'>;
 
+/** What Prisma hands an interactive transaction: the client without its connection-level methods. */
+type TransactionClient<C> = Omit<C, '$connect' | '$disconnect' | '$on' | '$transaction' | '$extends' | '$use'>;
+
+/** Prisma's two $transaction forms, typed from the client they are called on, resolving after the cache saw the commit. */
+function transaction(base: { $transaction(...args: unknown[]): Promise<unknown> }, afterWrite: <T>(result: T) => Promise<T>) {
+  function $transaction<C, R>(this: C, fn: (tx: TransactionClient<C>) => Promise<R>, options?: object): Promise<R>;
+  function $transaction<C, P extends readonly unknown[]>(this: C, queries: [...P], options?: object): Promise<{ -readonly [K in keyof P]: Awaited<P[K]> }>;
+  async function $transaction(this: unknown, ...args: unknown[]): Promise<unknown> {
+    return afterWrite(await base.$transaction(...args));
+  }
+  return $transaction;
+}
+
 /**
  * Cache-aside inside Prisma. With `prisma.$extends(memorySyncExtension(memory))`,
  * `personality.findUnique({ where: { id } })` (optionally with
@@ -72,12 +85,7 @@ export function memorySyncExtension(memory: Memory) {
     };
     return client.$extends({
       name: 'memory-sync',
-      client: {
-        /** As Prisma's; resolves after memory-sync has applied what the transaction committed. */
-        async $transaction(...args: unknown[]) {
-          return afterWrite(await base.$transaction(...args));
-        },
-      },
+      client: { $transaction: transaction(base, afterWrite) },
       query: {
         personality: {
           async $allOperations({ operation, args, query }) {
