@@ -278,9 +278,10 @@ function acceptor(filter: RowFilter | undefined): ((row: number) => boolean) | u
 interface Quantization {
   built: boolean;
   /** Per dimension. */
-  offsets: Float64Array;
-  scales: Float64Array;
-  inverseScales: Float64Array;
+  /** float32 is enough: codes and errors are computed from the stored values, whatever their rounding. */
+  offsets: Float32Array;
+  scales: Float32Array;
+  inverseScales: Float32Array;
   /** Native blocks of `chunkRows` rows each (the last may be shorter). */
   chunks: Int8Array[];
   capacity: number;
@@ -331,9 +332,9 @@ export class QuantizedRows {
     this.chunkRows = Math.max(1, Math.floor(chunkBytes / dim));
     this.q = {
       built: false, // no scales until a build: every row written meanwhile is an exception
-      offsets: new Float64Array(0),
-      scales: new Float64Array(0),
-      inverseScales: new Float64Array(0),
+      offsets: new Float32Array(0),
+      scales: new Float32Array(0),
+      inverseScales: new Float32Array(0),
       chunks: [],
       capacity: 0,
       codeNorms: new Float32Array(0),
@@ -378,7 +379,7 @@ export class QuantizedRows {
     const q = this.q;
     let b = 0;
     for (const c of q.chunks) b += c.byteLength;
-    return b + q.capacity * 13 + q.offsets.length * 24 + q.exceptions.size * 16;
+    return b + q.capacity * 13 + q.offsets.length * 12 + q.exceptions.size * 16;
   }
 
   /** Makes room for `capacity` rows; the caller grows its f32 block alongside. */
@@ -497,9 +498,9 @@ export class QuantizedRows {
     const capacity = Math.max(count, this.q.capacity, 1);
     const q: Quantization = {
       built: true,
-      offsets: new Float64Array(dim),
-      scales: new Float64Array(dim),
-      inverseScales: new Float64Array(dim),
+      offsets: new Float32Array(dim),
+      scales: new Float32Array(dim),
+      inverseScales: new Float32Array(dim),
       chunks: [],
       capacity,
       codeNorms: new Float32Array(capacity),
@@ -1037,9 +1038,9 @@ function pickFloor(rows: Float32Array, count: number, dim: number, lo: Float64Ar
   const stride = count / sample;
   const probe: Quantization = {
     built: true,
-    offsets: new Float64Array(dim),
-    scales: new Float64Array(dim),
-    inverseScales: new Float64Array(dim),
+    offsets: new Float32Array(dim),
+    scales: new Float32Array(dim),
+    inverseScales: new Float32Array(dim),
     chunks: [new Int8Array(dim)],
     capacity: 1,
     codeNorms: new Float32Array(1),
