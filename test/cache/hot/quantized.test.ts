@@ -287,6 +287,18 @@ describe('QuantizedRows', () => {
     }
   });
 
+  it('leaves out rows just below minSimilarity that only a float32 score would let in', () => {
+    const next = random(15);
+    const v = uniformVector(next);
+    const m = new Mirror();
+    fill(m, Array.from({ length: 1000 }, (_, i) => (i % 5 === 0 ? v : uniformVector(next))));
+    let best = 0; // unclamped, as minSimilarity compares
+    for (let j = 0; j < DIM; j++) best += v[j]! * v[j]!;
+    // 200 copies score `best`; a bound 1e-12 above it (far inside the f32 score's error) must still drop them all
+    expect(expectExact(m, v, { k: 10, minSimilarity: best + 1e-12 }).hits).toEqual([]);
+    expect(expectExact(m, v, { k: 10, minSimilarity: best - 1e-12 }).hits).toHaveLength(10);
+  });
+
   it('widens the int8 candidate list when its first part cannot settle the top-k', () => {
     const next = random(8);
     const dim = 64;
