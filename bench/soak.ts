@@ -7,6 +7,11 @@
  *
  *   npx tsx bench/soak.ts
  *   SOAK_NOTIFICATIONS=1000000 SOAK_SAMPLE_EVERY=100000 SOAK_MAX_SECONDS=300 npx tsx bench/soak.ts
+ *   SOAK_NOTIFICATIONS=4000000 SOAK_SAMPLE_EVERY=200000 SOAK_WARMUP=1000000 npx tsx bench/soak.ts   (a verdict)
+ *
+ * Other knobs: SOAK_CONNECTIONS, SOAK_BATCH, SOAK_QUIET_MS, SOAK_REQUEST_EVERY_MS and
+ * SOAK_SEARCH_EVERY_MS (0 turns a loop off), SOAK_GC=0, SOAK_HEAP_SNAPSHOT_DIR (snapshots
+ * after warm-up and at the end; the first one grows RSS by ~100 MB, so the fit starts after it).
  *
  * What runs: a database of its own (migrated, dropped at the end), 20
  * personalities (3 "hot", 500 memories each); the bench process keeps them
@@ -103,6 +108,11 @@ export interface SoakOptions {
    * @defaultValue true — without it, heap and RSS show the collector's schedule, not what is retained.
    */
   gc?: boolean;
+  /**
+   * Notifications applied before the slopes' fit starts (rounded up to a sample).
+   * @defaultValue max(2 × sampleEvery, 20% of notifications) — RSS climbs to a plateau first (JIT code, allocator arenas); on a 2-core machine that took ~1M notifications, so a leak verdict wants 4M with SOAK_WARMUP=1000000.
+   */
+  warmup?: number;
   /**
    * Notifications in the raw LISTEN baseline; 0 skips it.
    * @defaultValue min(100,000, notifications / 5)
@@ -803,7 +813,7 @@ export async function soak(options: SoakOptions = {}): Promise<SoakResult> {
   const useGc = options.gc ?? true;
   const baselineN = options.baseline ?? Math.min(100_000, Math.floor(notifications / 5));
   const log = options.log ?? ((line: string) => console.error(line));
-  const warmupNotifications = Math.max(2 * sampleEvery, Math.ceil((0.2 * notifications) / sampleEvery) * sampleEvery);
+  const warmupNotifications = Math.ceil((options.warmup ?? Math.max(2 * sampleEvery, 0.2 * notifications)) / sampleEvery) * sampleEvery;
 
   const adminUrl = options.adminUrl ?? ADMIN_URL;
   const name = `ms_soak_${process.pid}_${randomBytes(4).toString('hex')}`;
@@ -1197,6 +1207,7 @@ async function main(): Promise<void> {
       SOAK_REQUEST_EVERY_MS: z.coerce.number().int().min(0).default(2),
       SOAK_SEARCH_EVERY_MS: z.coerce.number().int().min(0).default(10),
       SOAK_MAX_SECONDS: positive.optional(),
+      SOAK_WARMUP: z.coerce.number().int().min(0).optional(),
       SOAK_GC: z.enum(['0', '1']).default('1'),
       SOAK_HEAP_SNAPSHOT_DIR: z.string().min(1).optional(),
     })
@@ -1210,6 +1221,7 @@ async function main(): Promise<void> {
     requestEveryMs: env.SOAK_REQUEST_EVERY_MS,
     searchEveryMs: env.SOAK_SEARCH_EVERY_MS,
     maxSeconds: env.SOAK_MAX_SECONDS,
+    warmup: env.SOAK_WARMUP,
     gc: env.SOAK_GC === '1',
     heapSnapshotDir: env.SOAK_HEAP_SNAPSHOT_DIR,
   });
