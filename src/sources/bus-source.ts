@@ -1,9 +1,9 @@
 import { EventEmitter } from 'node:events';
-import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../errors.js';
 import { timerMs } from '../validation/primitives.js';
+import { Barriers } from './barriers.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
 import type { Bus, BusEntry, BusKind, BusSubscription, StreamState } from './bus/bus.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState, UpInfo } from './source.js';
@@ -88,7 +88,7 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
   private readonly stop = new AbortController();
   private loop: Promise<void> | undefined;
   private started: { resolve: () => void; reject: (err: Error) => void } | undefined;
-  private readonly barriers = new Map<string, (err?: Error) => void>();
+  private readonly barriers = new Barriers();
   /** Last entry applied; undefined until the first open. */
   private cursor: Cursor | undefined;
   /** Sequence to reach before `up` after an open. */
@@ -151,7 +151,7 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
     if (this._state === 'closed') return;
     this._state = 'closed';
     this.stop.abort();
-    for (const settle of [...this.barriers.values()]) settle(new DatabaseUnavailableError('change source closed'));
+    this.barriers.rejectAll(new DatabaseUnavailableError('change source closed'));
     this.started?.resolve();
     this.started = undefined;
     this.endSession?.('closed');
@@ -172,21 +172,7 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
     const notify = this.notify;
     if (!notify) return Promise.reject(new ConfigError('notify', 'BusSource needs a notify(token) function for sync()'));
     if (this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
-    const token = randomUUID();
-    // One promise, settled once by whichever comes first: no rejection is left unobserved.
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => settle(new DatabaseUnavailableError(`sync barrier not seen within ${timeoutMs} ms`)), timeoutMs);
-      const settle = (err?: Error) => {
-        if (!this.barriers.has(token)) return;
-        clearTimeout(timer);
-        this.barriers.delete(token);
-        if (err) reject(err);
-        else resolve();
-      };
-      this.barriers.set(token, settle);
-      const sent = (async () => notify(token))();
-      sent.catch((err: Error) => settle(new DatabaseUnavailableError(`sync barrier not sent: ${err?.message ?? String(err)}`, { cause: err })));
-    });
+    return this.barriers.wait(timeoutMs, notify);
   }
 
   private async run(): Promise<void> {
@@ -322,7 +308,7 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
       case 'barrier':
         this._stats.barriers++;
         this.emit('barrier', m.token);
-        this.barriers.get(m.token)?.();
+        this.barriers.seen(m.token);
         return;
       case 'invalid':
         this._stats.invalid++;

@@ -1,10 +1,10 @@
 import { EventEmitter } from 'node:events';
-import { randomUUID } from 'node:crypto';
 import { Socket } from 'node:net';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { toPermanent } from '../db/retry.js';
 import { DatabaseUnavailableError } from '../errors.js';
+import { Barriers } from './barriers.js';
 import { backoffDelay, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
 import { INVALIDATION_CHANNEL, parsePayload } from './change-event.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
@@ -43,7 +43,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   private wasUp = false;
   private readonly stop = new AbortController();
   private loop: Promise<void> | undefined;
-  private readonly barriers = new Map<string, (err?: Error) => void>();
+  private readonly barriers = new Barriers();
   private queue: Promise<unknown> = Promise.resolve();
   private started: { resolve: () => void; reject: (err: Error) => void } | undefined;
 
@@ -72,7 +72,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
     if (this._state === 'closed') return;
     this._state = 'closed';
     this.stop.abort();
-    this.rejectBarriers(new DatabaseUnavailableError('change source closed'));
+    this.barriers.rejectAll(new DatabaseUnavailableError('change source closed'));
     this.started?.resolve();
     this.started = undefined;
     this.drop();
@@ -87,21 +87,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   sync(timeoutMs = 5_000): Promise<void> {
     const client = this.client;
     if (!client || this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
-    const token = randomUUID();
-    // One promise, settled once, by whichever comes first: no rejection can be left unobserved.
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => settle(new DatabaseUnavailableError(`sync barrier not seen within ${timeoutMs} ms`)), timeoutMs);
-      const settle = (err?: Error) => {
-        clearTimeout(timer);
-        this.barriers.delete(token);
-        if (err) reject(err);
-        else resolve();
-      };
-      this.barriers.set(token, settle);
-      this.serial(client, 'SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]).catch((err: Error) =>
-        settle(new DatabaseUnavailableError(`sync barrier not sent: ${err.message}`, { cause: err })),
-      );
-    });
+    return this.barriers.wait(timeoutMs, (token) => this.serial(client, 'SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]));
   }
 
   private async run(): Promise<void> {
@@ -206,7 +192,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   }
 
   private markDown(reason: string): void {
-    this.rejectBarriers(new DatabaseUnavailableError(`change source went down: ${reason}`));
+    this.barriers.rejectAll(new DatabaseUnavailableError(`change source went down: ${reason}`));
     if (this._state !== 'up') return;
     this._state = 'down';
     this.emit('down', reason);
@@ -222,17 +208,13 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
     this.started = undefined;
   }
 
-  private rejectBarriers(err: Error): void {
-    for (const settle of [...this.barriers.values()]) settle(err);
-  }
-
   private onNotification(channel: string, raw: string | undefined): void {
     const receivedAt = nowMs();
     try {
       if (channel === BARRIER_CHANNEL) {
         const token = raw ?? '';
         this.emit('barrier', token);
-        this.barriers.get(token)?.();
+        this.barriers.seen(token);
         return;
       }
       if (raw === undefined || raw === '') {

@@ -1,8 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { PGliteInterface } from '@electric-sql/pglite';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, PermanentError } from '../errors.js';
+import { Barriers } from './barriers.js';
 import { INVALIDATION_CHANNEL, parsePayload } from './change-event.js';
 import { BARRIER_CHANNEL, nowMs } from './pg-listen.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
@@ -26,7 +26,7 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
   readonly resumable = false;
   private _state: SourceState = 'idle';
   private readonly unlisten: Array<() => Promise<void>> = [];
-  private readonly barriers = new Map<string, (err?: Error) => void>();
+  private readonly barriers = new Barriers();
 
   constructor(private readonly options: PgliteSourceOptions) {
     super();
@@ -71,27 +71,13 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
    */
   sync(timeoutMs = 5_000): Promise<void> {
     if (this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
-    const token = randomUUID();
-    // One promise, settled once, by whichever comes first: no rejection is left unobserved.
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => settle(new DatabaseUnavailableError(`sync barrier not seen within ${timeoutMs} ms`)), timeoutMs);
-      const settle = (err?: Error) => {
-        clearTimeout(timer);
-        this.barriers.delete(token);
-        if (err) reject(err);
-        else resolve();
-      };
-      this.barriers.set(token, settle);
-      this.options.db
-        .query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token])
-        .catch((err: Error) => settle(new DatabaseUnavailableError(`sync barrier not sent: ${err.message}`, { cause: err })));
-    });
+    return this.barriers.wait(timeoutMs, (token) => this.options.db.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]));
   }
 
   async close(): Promise<void> {
     if (this._state === 'closed') return;
     this._state = 'closed';
-    for (const settle of [...this.barriers.values()]) settle(new DatabaseUnavailableError('change source closed'));
+    this.barriers.rejectAll(new DatabaseUnavailableError('change source closed'));
     await this.stopListening();
   }
 
@@ -112,7 +98,7 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
     try {
       if (channel === BARRIER_CHANNEL) {
         this.emit('barrier', raw);
-        this.barriers.get(raw)?.();
+        this.barriers.seen(raw);
         return;
       }
       if (raw === '') {
