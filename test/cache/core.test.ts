@@ -215,3 +215,28 @@ describe('CacheCore and its source', () => {
     expect(Object.isFrozen(p)).toBe(true);
   });
 });
+
+describe('hot-set loads cancelled by an invalidation', () => {
+  it('are not failures: no back-off, and the next search loads again at once', async () => {
+    const { core, memories } = setup();
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    // A store whose stream waits until released, so the drop lands mid-load.
+    const store = (core as unknown as { hot: { options: { store: HotSetStore } } }).hot.options.store;
+    const stream = store.stream;
+    let calls = 0;
+    store.stream = async (...args) => {
+      if (++calls === 1) await held;
+      return stream(...args);
+    };
+    core.warm(P1);
+    core.apply(ev('memories', 'UPDATE', 'personalities', [], [P1])); // drops the set and cancels the load
+    release();
+    await core.settled(P1);
+    core.warm(P1); // no 5 s "not hot" verdict: this starts a new load
+    await core.settled(P1);
+    expect(core.isServable(P1)).toBe(true);
+    expect(calls).toBe(2);
+    expect(memories.get(P1)).toHaveLength(1);
+  });
+});

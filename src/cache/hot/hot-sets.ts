@@ -298,6 +298,8 @@ export class HotSetCache extends EventEmitter<{
     this.loads.set(pid, load);
     this.load(pid, load)
       .catch((err) => {
+        // Cancelled by drop() or clear(): a routine invalidation, not a failure.
+        if (load.abort.signal.aborted) return;
         // Back off: pgvector serves this personality until the verdict expires.
         this.notHot.set(pid, true, { ttl: FAILED_LOAD_BACKOFF_MS });
         this.options.logger.warn({ personalityId: pid, err }, 'hot-set load failed');
