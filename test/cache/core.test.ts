@@ -225,14 +225,19 @@ describe('hot-set loads cancelled by an invalidation', () => {
     const store = (core as unknown as { hot: { options: { store: HotSetStore } } }).hot.options.store;
     const stream = store.stream;
     let calls = 0;
-    store.stream = async (...args) => {
-      if (++calls === 1) await held;
-      return stream(...args);
+    store.stream = async (pid, limit, onRow, signal) => {
+      if (++calls === 1) {
+        await held;
+        // As the real store does: an aborted COPY rejects.
+        if (signal.aborted) throw new Error('stopped retrying: aborted');
+      }
+      return stream(pid, limit, onRow, signal);
     };
     core.warm(P1);
     core.apply(ev('memories', 'UPDATE', 'personalities', [], [P1])); // drops the set and cancels the load
     release();
-    await core.settled(P1);
+    // Let the cancelled load run to its end (its rejection settles within this turn).
+    await new Promise((resolve) => setImmediate(resolve));
     core.warm(P1); // no 5 s "not hot" verdict: this starts a new load
     await core.settled(P1);
     expect(core.isServable(P1)).toBe(true);
