@@ -17,7 +17,7 @@ import { createSidecarClient } from '../src/client/sidecar-client.js';
 import { searchMemories } from '../src/db/memories.js';
 import { migrate } from '../src/db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
-import { kernel } from '../src/cache/hot/kernel.js';
+import { nativeKernelsFit } from '../src/cache/hot/quantized.js';
 import { busLag } from './bus-lag.js';
 import { benchEmbedded } from './embedded.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
@@ -416,14 +416,15 @@ async function main(): Promise<void> {
   }
 
   const width = Math.max(...figures.map((f) => f.figure.length));
-  console.log(`\nmemory-sync bench (${kernel().name} kernel, node ${process.version})\n`);
+  const kernel = nativeKernelsFit(EMBEDDING_DIMENSION).i8 ? 'usearch-int8' : 'js';
+  console.log(`\nmemory-sync bench (${kernel} hot-search kernel, node ${process.version})\n`);
   for (const f of figures) {
     const base = f.baseline === undefined ? '' : `   raw: ${f.baseline} ${f.unit} (${f.baselineName})`;
     console.log(`${f.met ? 'ok  ' : 'MISS'} ${f.figure.padEnd(width)}  ${String(f.value).padStart(9)} ${f.unit}${base}   goal: ${f.goal}`);
   }
   const dir = join(PACKAGE_ROOT, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
-  const out = { started: started.toISOString(), node: process.version, kernel: kernel().name, quick: QUICK, figures };
+  const out = { started: started.toISOString(), node: process.version, kernel, quick: QUICK, figures };
   writeFileSync(join(dir, `${started.toISOString().replace(/[:.]/g, '-')}.json`), JSON.stringify(out, null, 2));
   writeFileSync(join(dir, 'latest.json'), JSON.stringify(out, null, 2));
 }

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import pino, { type Logger } from 'pino';
 import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CoreHooks } from '../cache/core.js';
 import type { HotSetStore } from '../cache/hot/hot-sets.js';
-import { kernel } from '../cache/hot/kernel.js';
+import { nativeKernelsFit } from '../cache/hot/quantized.js';
 import {
   countPersonalityMemories,
   deleteMemoryById,
@@ -60,6 +60,7 @@ export interface MemorySyncStats {
   listener: SourceState;
   /** The change source's name: "listen", "pglite", "nats", "redis". */
   source: string;
+  /** The hot-search scan: "usearch-int8" (one native call per query), or "js" where usearch's kernels are unavailable. */
   kernel: string;
 }
 
@@ -405,7 +406,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       abortedFills: s.abortedFills,
       listener: this.sourceState,
       source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : (this.busConfig?.kind ?? 'listen')),
-      kernel: kernel().name,
+      kernel: nativeKernelsFit(EMBEDDING_DIMENSION).i8 ? 'usearch-int8' : 'js',
     };
   }
 }

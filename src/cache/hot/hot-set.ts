@@ -1,7 +1,6 @@
 import type { MemoryRow, SimilarMemory } from '../../db/memories.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../../embedding.js';
-import { kernel } from './kernel.js';
-import { TopK } from './top-k.js';
+import { QuantizedRows } from './quantized.js';
 
 /** Metadata is shared by every search result: frozen so no caller can change the cached copy. */
 function deepFreeze<T>(value: T): T {
@@ -14,8 +13,8 @@ function deepFreeze<T>(value: T): T {
 
 const ROW_OVERHEAD_BYTES = 160; // id, channel, Date, Map entry, view
 
-/** Rows scored between event-loop yields: ~1 ms of work with simsimd at 1536 dims. */
-export const ROWS_PER_SLICE = 4096;
+/** Longest stretch of search or build work between event-loop yields (measured: ≤ 2 ms blocks). */
+const SLICE_BUDGET_MS = 1;
 
 export interface HotQuery {
   /** Unit-length query vector. */
@@ -27,9 +26,11 @@ export interface HotQuery {
 
 /**
  * All memories of one personality in a single contiguous, pre-normalized
- * Float32Array (row-major), plus the columns a search returns. Rows are
- * removed by moving the last row into the hole, so the block stays dense.
- * Only the hot-set cache holds these; nothing outside reads the rows.
+ * Float32Array (row-major, the truth), a row-aligned int8 copy scanned in one
+ * native call per query (src/cache/hot/quantized.ts, which proves the top-k
+ * exact before returning it), and the columns a search returns. Rows are
+ * removed by moving the last row into the hole, in both blocks. Only the
+ * hot-set cache holds these; nothing outside reads the rows.
  */
 export class HotSet {
   private readonly dim = EMBEDDING_DIMENSION;
@@ -47,12 +48,14 @@ export class HotSet {
   private metadatas: unknown[] = [];
   private readonly index = new Map<string, number>();
   private textBytes = 0;
+  private readonly quantized: QuantizedRows;
 
   constructor(
     readonly personalityId: string,
     capacity = 16,
   ) {
     this.vectors = new Float32Array(Math.max(1, capacity) * this.dim);
+    this.quantized = new QuantizedRows(this.dim, Math.max(1, capacity));
   }
 
   get count(): number {
@@ -69,7 +72,7 @@ export class HotSet {
 
   /** Bytes held, for the cache's byte bound. */
   get bytes(): number {
-    return this.vectors.byteLength + this.textBytes + this._count * ROW_OVERHEAD_BYTES;
+    return this.vectors.byteLength + this.quantized.bytes + this.textBytes + this._count * ROW_OVERHEAD_BYTES;
   }
 
   has(id: string): boolean {
@@ -87,6 +90,7 @@ export class HotSet {
       this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
     }
     normalizeInto(row.embedding, this.vectors, r * this.dim);
+    this.quantized.writeRow(r, this.views[r]!);
     this.ids[r] = row.id;
     this.channelIds[r] = row.channelId;
     this.contents[r] = row.content;
@@ -102,6 +106,7 @@ export class HotSet {
     const last = this._count - 1;
     this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
     this.index.delete(id);
+    this.quantized.removeRow(r);
     if (r !== last) {
       this.vectors.copyWithin(r * this.dim, last * this.dim, (last + 1) * this.dim);
       this.ids[r] = this.ids[last]!;
@@ -118,31 +123,41 @@ export class HotSet {
     return true;
   }
 
+  /** True when clamped upserts have loosened the int8 bounds enough that a rebuild pays (searches stay exact meanwhile). */
+  get needsBuild(): boolean {
+    return this.quantized.needsRebuild;
+  }
+
+  /**
+   * Recomputes the int8 copy's scales from the rows (after a load, or when
+   * `needsBuild`), yielding to the event loop; false when a write landed
+   * meanwhile (the copy is unchanged, and still exact).
+   */
+  build(stillCurrent: () => boolean = () => true): Promise<boolean> {
+    return this.quantized.rebuildSliced(this.vectors, this._count, { budgetMs: SLICE_BUDGET_MS, stillCurrent });
+  }
+
   /**
    * Exact top-k, ordered as the SQL path orders (similarity desc, then id).
-   * Large sets yield to the event loop between slices; returns null if the
-   * set changed meanwhile or `stillCurrent` turns false, so the caller can
-   * ask pgvector instead of returning a torn result.
+   * Long searches yield to the event loop; returns null if the set changed
+   * meanwhile or `stillCurrent` turns false, so the caller can ask pgvector
+   * instead of returning a torn result.
    */
   async search(q: HotQuery, stillCurrent: () => boolean = () => true): Promise<SimilarMemory[] | null> {
-    const { dot } = kernel();
-    const min = q.minSimilarity ?? -Infinity;
-    const ids = this.ids;
-    const top = new TopK(q.limit, (r) => ids[r]!);
     const version = this._version;
-    for (let start = 0; start < this._count; start += ROWS_PER_SLICE) {
-      if (start > 0) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        if (this._version !== version || !stillCurrent()) return null;
-      }
-      const end = Math.min(this._count, start + ROWS_PER_SLICE);
-      for (let r = start; r < end; r++) {
-        if (q.channelId !== undefined && this.channelIds[r] !== q.channelId) continue;
-        const s = dot(this.views[r]!, q.query);
-        if (s >= min) top.offer(s, r);
-      }
-    }
-    return top.rows.map((r, i) => this.result(r, top.scores[i]!));
+    const found = await this.quantized.searchSliced(
+      q.query,
+      this.vectors,
+      this.ids,
+      {
+        k: q.limit,
+        minSimilarity: q.minSimilarity,
+        filter: q.channelId === undefined ? undefined : { column: this.channelIds, wanted: q.channelId },
+      },
+      { budgetMs: SLICE_BUDGET_MS, stillCurrent: () => this._version === version && stillCurrent() },
+    );
+    if (!found || this._version !== version) return null;
+    return found.hits.map((h) => this.result(h.row, h.similarity));
   }
 
   private result(r: number, score: number): SimilarMemory {
@@ -161,5 +176,6 @@ export class HotSet {
     next.set(this.vectors.subarray(0, this._count * this.dim));
     this.vectors = next;
     for (let r = 0; r < this._count; r++) this.views[r] = next.subarray(r * this.dim, (r + 1) * this.dim);
+    this.quantized.grow(capacity);
   }
 }

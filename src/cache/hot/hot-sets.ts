@@ -280,6 +280,8 @@ export class HotSetCache extends EventEmitter<{
             this.notHot.set(set.personalityId, true);
           } else {
             this.sets.set(set.personalityId, set, { noUpdateTTL: true }); // re-measure bytes
+            // Clamped upserts widened the int8 bounds: rebuild in the background (searches stay exact).
+            if (set.needsBuild) void set.build(() => this.sets.peek(set.personalityId) === set);
           }
         }
       } catch (err) {
@@ -339,6 +341,8 @@ export class HotSetCache extends EventEmitter<{
       this.notHot.set(pid, true);
       return;
     }
+    // Scales for the int8 copy from the loaded rows; without a build every search scans in full.
+    await set.build(() => !load.abort.signal.aborted);
     await this.options.beforePublish?.(pid);
     if (load.abort.signal.aborted || !this.enabled) return;
     this.loads.delete(pid);

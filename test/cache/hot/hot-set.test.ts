@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { HotSet, ROWS_PER_SLICE, type HotQuery } from '../../../src/cache/hot/hot-set.js';
+import { HotSet, type HotQuery } from '../../../src/cache/hot/hot-set.js';
+import { nativeKernelsFit } from '../../../src/cache/hot/quantized.js';
 import { normalizeInto } from '../../../src/embedding.js';
-import { jsDot, kernel } from '../../../src/cache/hot/kernel.js';
 import { seededVectors } from '../../helpers/db.js';
 
 interface Ref {
@@ -58,9 +58,26 @@ function brute(set: HotSet, q: Float32Array, k: number, channel?: string) {
 }
 
 describe('hot-set search', () => {
-  it('selected kernel agrees with the JS kernel', () => {
-    const [a, b] = seededVectors(3, 2);
-    expect(Math.abs(kernel().dot(a!, b!) - jsDot(a!, b!))).toBeLessThan(1e-3);
+  it('uses usearch\'s native kernels here (their distances are what the exactness bounds assume)', () => {
+    expect(nativeKernelsFit(1536)).toEqual({ i8: true, f32: true });
+  });
+
+  it('is exact before and after the int8 copy is built, and after writes with the built scales', async () => {
+    const set = build(800, 4);
+    const q = unit(seededVectors(41, 1)[0]!);
+    const ids = (r: Array<{ id: string }> | null) => r!.map((x) => x.id);
+    expect(ids(await searchHotSet(set, { query: q, limit: 10 }))).toEqual(brute(set, q, 10).map((r) => r.id));
+    expect(await set.build()).toBe(true);
+    expect(ids(await searchHotSet(set, { query: q, limit: 10 }))).toEqual(brute(set, q, 10).map((r) => r.id));
+    // The query itself as a new row, quantized with the built scales: the best match; then a remove.
+    const refs = inputs.get(set)!;
+    const id = '00000000-0000-4000-8000-00000000beef';
+    refs.set(id, { id, channelId: 'odd', unit: q });
+    set.upsert({ id, personalityId: 'p', channelId: 'odd', content: 'q', createdAt: new Date(0), metadata: null, embedding: q });
+    remove(set, '00000000-0000-4000-8000-000000000003');
+    const got = await searchHotSet(set, { query: q, limit: 10, channelId: 'odd' });
+    expect(ids(got)).toEqual(brute(set, q, 10, 'odd').map((r) => r.id));
+    expect(got![0]!.id).toBe(id);
   });
 
   it('returns the exact top-k, ordered by similarity then id, with channel and threshold filters', async () => {
@@ -89,8 +106,11 @@ describe('hot-set search', () => {
     expect(got!.map((g) => g.id)).not.toContain(victim);
   });
 
+  // Unbuilt, every row is scored: a long search that must yield to the event loop.
+  const LONG = 20_000;
+
   it('gives up (null) when the set stops being current during a yield (dirty, dropped, listener down)', async () => {
-    const set = build(ROWS_PER_SLICE + 10);
+    const set = build(LONG);
     const q = unit(seededVectors(9, 1)[0]!);
     let current = true;
     const pending = searchHotSet(set, { query: q, limit: 3 }, () => current);
@@ -114,7 +134,7 @@ describe('hot-set search', () => {
   });
 
   it('yields between slices on a large set, and gives up (null) if the set changes meanwhile', async () => {
-    const set = build(ROWS_PER_SLICE + 10);
+    const set = build(LONG);
     const q = unit(seededVectors(9, 1)[0]!);
     const pending = searchHotSet(set, { query: q, limit: 3 });
     remove(set, '00000000-0000-4000-8000-000000000000'); // runs while the search is parked between slices
