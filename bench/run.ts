@@ -19,6 +19,7 @@ import { migrate } from '../src/db/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
 import { nativeKernelsFit } from '../src/cache/hot/quantized.js';
 import { busLag } from './bus-lag.js';
+import { runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
 
@@ -286,8 +287,8 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
       figure: `event-loop block during a ${size.toLocaleString('en')}-vector search (max)`,
       unit: 'ms',
       value: round(Math.max(0, maxBlock), 2),
-      goal: '≤ 10 ms',
-      met: maxBlock <= 10,
+      goal: '≤ 2 ms',
+      met: maxBlock <= 2,
     });
   }
 }
@@ -390,7 +391,7 @@ async function main(): Promise<void> {
       await hits(client, ids);
       console.error('search…');
       await search(client, small, 1_000, 'hot p50 ≤ 0.35 ms and ≥ 10× faster', 0.35);
-      await search(client, large, QUICK ? 2_000 : 10_000, 'hot p50 ≤ 3.5 ms', 3.5);
+      await search(client, large, QUICK ? 2_000 : 10_000, 'hot p50 ≤ 1 ms (end to end, through findSimilarMemories)', 1);
       console.error('load…');
       await load(client, url, large, QUICK ? 2_000 : 10_000);
       console.error('sidecar…');
@@ -402,6 +403,10 @@ async function main(): Promise<void> {
     console.error('bus lag…');
     figures.push(...(await busLag({ databaseUrl: url, commits: QUICK ? 100 : 300, fanoutCommits: QUICK ? 50 : 200 })));
   });
+  console.error('hot search…');
+  for (const f of await runHotSearchBench({ quick: QUICK })) {
+    figures.push({ ...f, goal: f.goal ?? 'reported', met: f.met ?? true, detail: f.detail as Record<string, number> | undefined });
+  }
   console.error('embedded…');
   for (const row of await benchEmbedded({ searches: QUICK ? 50 : 200 })) {
     figures.push({
