@@ -49,13 +49,21 @@ export class HotSet {
   private readonly index = new Map<string, number>();
   private textBytes = 0;
   private readonly quantized: QuantizedRows;
+  /**
+   * False while a load fills the set: rows go to the f32 block only and the
+   * first build() quantizes them all at once (quantizing each row twice made
+   * loads half as fast). Such a set is never searched before it is built.
+   */
+  private quantizedLive: boolean;
 
   constructor(
     readonly personalityId: string,
     capacity = 16,
+    options: { loading?: boolean } = {},
   ) {
     this.vectors = new Float32Array(Math.max(1, capacity) * this.dim);
     this.quantized = new QuantizedRows(this.dim, Math.max(1, capacity));
+    this.quantizedLive = !options.loading;
   }
 
   get count(): number {
@@ -90,7 +98,7 @@ export class HotSet {
       this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
     }
     normalizeInto(row.embedding, this.vectors, r * this.dim);
-    this.quantized.writeRow(r, this.views[r]!);
+    if (this.quantizedLive) this.quantized.writeRow(r, this.views[r]!);
     this.ids[r] = row.id;
     this.channelIds[r] = row.channelId;
     this.contents[r] = row.content;
@@ -106,7 +114,7 @@ export class HotSet {
     const last = this._count - 1;
     this.textBytes -= this.contents[r]!.length * 2 + this.channelIds[r]!.length * 2;
     this.index.delete(id);
-    this.quantized.removeRow(r);
+    if (this.quantizedLive) this.quantized.removeRow(r);
     if (r !== last) {
       this.vectors.copyWithin(r * this.dim, last * this.dim, (last + 1) * this.dim);
       this.ids[r] = this.ids[last]!;
@@ -133,8 +141,15 @@ export class HotSet {
    * `needsBuild`), yielding to the event loop; false when a write landed
    * meanwhile (the copy is unchanged, and still exact).
    */
-  build(stillCurrent: () => boolean = () => true): Promise<boolean> {
-    return this.quantized.rebuildSliced(this.vectors, this._count, { budgetMs: SLICE_BUDGET_MS, stillCurrent });
+  async build(stillCurrent: () => boolean = () => true): Promise<boolean> {
+    const version = this._version;
+    const built = await this.quantized.rebuildSliced(this.vectors, this._count, {
+      budgetMs: SLICE_BUDGET_MS,
+      // A loading set's rows are not in the int8 copy yet, so its version cannot see writes: ours does.
+      stillCurrent: () => this._version === version && stillCurrent(),
+    });
+    if (built && this._version === version) this.quantizedLive = true;
+    return built && this.quantizedLive;
   }
 
   /**
@@ -144,6 +159,7 @@ export class HotSet {
    * instead of returning a torn result.
    */
   async search(q: HotQuery, stillCurrent: () => boolean = () => true): Promise<SimilarMemory[] | null> {
+    if (!this.quantizedLive) return null; // still loading: never served
     const version = this._version;
     const found = await this.quantized.searchSliced(
       q.query,
@@ -176,6 +192,6 @@ export class HotSet {
     next.set(this.vectors.subarray(0, this._count * this.dim));
     this.vectors = next;
     for (let r = 0; r < this._count; r++) this.views[r] = next.subarray(r * this.dim, (r + 1) * this.dim);
-    this.quantized.grow(capacity);
+    if (this.quantizedLive) this.quantized.grow(capacity);
   }
 }

@@ -321,7 +321,7 @@ export class HotSetCache extends EventEmitter<{
     const n = await this.options.store.count(pid, max + 1);
     if (n > max) tooLarge = true;
     else {
-      set = new HotSet(pid, n);
+      set = new HotSet(pid, n, { loading: true });
       await this.options.store.stream(
         pid,
         max + 1,
@@ -341,8 +341,8 @@ export class HotSetCache extends EventEmitter<{
       this.notHot.set(pid, true);
       return;
     }
-    // Scales for the int8 copy from the loaded rows; without a build every search scans in full.
-    await set.build(() => !load.abort.signal.aborted);
+    // The int8 copy, quantized once from the loaded rows; a set that could not be built is not published.
+    if (!(await set.build(() => !load.abort.signal.aborted))) return;
     await this.options.beforePublish?.(pid);
     if (load.abort.signal.aborted || !this.enabled) return;
     this.loads.delete(pid);
