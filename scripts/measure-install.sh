@@ -29,11 +29,11 @@ variants=("$@")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-(cd "$root" && npm pack --silent --pack-destination "$work" >/dev/null)
+(cd "$root" && npm pack --silent --ignore-scripts --pack-destination "$work" >/dev/null)
 tarball=$(ls "$work"/memory-sync-*.tgz)
 node -e '
   const { execFileSync } = require("node:child_process");
-  const list = JSON.parse(execFileSync("npm", ["pack", "--dry-run", "--json"], { cwd: process.argv[1], stdio: ["ignore", "pipe", "ignore"] }))[0];
+  const list = JSON.parse(execFileSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { cwd: process.argv[1], stdio: ["ignore", "pipe", "ignore"] }))[0];
   const odd = list.files.map((f) => f.path).filter((p) => /^dist\/bench\/|^test\/|\.test\.[jt]s$/.test(p));
   console.log(`tarball: ${list.size} bytes packed, ${list.unpackedSize} unpacked, ${list.entryCount} files; bench/test files shipped: ${odd.length}`);
 ' "$root"
@@ -46,10 +46,10 @@ no_simsimd_tarball() {
     const fs = require("node:fs");
     const file = process.argv[1];
     const pkg = JSON.parse(fs.readFileSync(file, "utf8"));
-    delete pkg.dependencies.simsimd;
+    delete (pkg.dependencies || {}).simsimd;
     fs.writeFileSync(file, JSON.stringify(pkg, null, 2));
   ' "$dir/package/package.json"
-  (cd "$dir/package" && npm pack --silent --pack-destination "$dir" >/dev/null)
+  (cd "$dir/package" && npm pack --silent --ignore-scripts --pack-destination "$dir" >/dev/null)
   ls "$dir"/memory-sync-*.tgz
 }
 
