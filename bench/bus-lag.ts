@@ -23,17 +23,9 @@ import { runRelay } from '../src/relay/relay.js';
 import { createBus, type Bus, type BusConfig, type BusKind } from '../src/sources/bus/bus.js';
 import { BusSource } from '../src/sources/bus-source.js';
 import { PgListenSource } from '../src/sources/pg-listen.js';
+import type { Figure } from './figure.js';
 
-export interface LagRow {
-  figure: string;
-  unit: string;
-  value: number;
-  baseline?: number;
-  baselineName?: string;
-  goal: string;
-  met: boolean;
-  detail?: Record<string, number>;
-}
+export type LagRow = Figure;
 
 export interface BusLagOptions {
   /** A migrated database the bench may write to. */

@@ -22,20 +22,12 @@ import { busLag } from './bus-lag.js';
 import { runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
+import type { Figure } from './figure.js';
 
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 const QUICK = process.env.BENCH_QUICK === '1';
 
-interface Figure {
-  figure: string;
-  unit: string;
-  value: number;
-  baseline?: number;
-  baselineName?: string;
-  goal: string;
-  met: boolean;
-  detail?: Record<string, number>;
-}
+
 const figures: Figure[] = [];
 
 function pct(xs: number[], p: number): number {

@@ -46,6 +46,7 @@ import { z } from 'zod';
 import { migrate } from '../src/db/migrate.js';
 import { EMBEDDING_DIMENSION } from '../src/embedding.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
+import type { Figure } from './figure.js';
 
 export interface SoakOptions {
   /**
@@ -1114,15 +1115,7 @@ export async function soak(options: SoakOptions = {}): Promise<SoakResult> {
 }
 
 /** A row in bench/run.ts's figure shape. */
-export interface SoakFigure {
-  figure: string;
-  unit: string;
-  value: number;
-  baseline?: number;
-  baselineName?: string;
-  goal: string;
-  met: boolean;
-}
+export type SoakFigure = Figure;
 
 /** Growth per 100k beside the level it grows from, and the correctness count, for `npm run bench`. */
 export function soakFigures(r: SoakResult): SoakFigure[] {
