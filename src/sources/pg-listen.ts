@@ -24,6 +24,22 @@ export interface PgListenOptions {
   backoff: BackoffOptions;
 }
 
+/** Settles as `work` does, or rejects as soon as `signal` aborts (for a wait that cannot be cancelled). */
+async function unlessAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  work.catch(() => {}); // may settle after the abort: observed here, not later
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new Error('change source closed'));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 /** Epoch milliseconds with sub-ms precision, the clock of the payload's `ts`. */
 export const nowMs = (): number => performance.timeOrigin + performance.now();
 
@@ -141,7 +157,9 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
     this.queue = Promise.resolve();
     client.on('error', () => {}); // reported through watch(); unhandled, it would crash the process
     client.on('notification', (n) => this.onNotification(n.channel, n.payload));
-    await client.connect();
+    // close() destroys the socket; pg's connect() never settles for a socket destroyed before it
+    // connected, so the wait ends on the abort as well.
+    await unlessAborted(client.connect(), this.stop.signal);
     await this.serial(client, `LISTEN ${INVALIDATION_CHANNEL}`);
     await this.serial(client, `LISTEN ${BARRIER_CHANNEL}`);
     return client;

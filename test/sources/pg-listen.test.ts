@@ -157,4 +157,24 @@ describe('listener', () => {
       await empty.drop();
     }
   });
+
+  it('close() resolves at any point of a reconnect (a socket destroyed before it connected used to hang it)', async () => {
+    const { PgListenSource } = await import('../../src/sources/pg-listen.js');
+    const pino = (await import('pino')).default;
+    const hung: number[] = [];
+    // Close at staggered moments after the kill: during the backoff, the TCP connect, the start-up, LISTEN.
+    for (let delay = 0; delay < 40; delay += 0.5) {
+      const s = new PgListenSource({ databaseUrl: t.db.url, logger: pino({ level: 'silent' }), paranoidIntervalMs: 5_000, queryTimeoutMs: 3_000, backoff: { minMs: 20, maxMs: 20 } });
+      await s.start();
+      const down = once(s, 'down');
+      await t.writer.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'memory-sync-listener' AND datname = current_database()`,
+      );
+      await down;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      const outcome = await Promise.race([s.close().then(() => 'closed'), new Promise((resolve) => setTimeout(() => resolve('hung'), 2_000))]);
+      if (outcome === 'hung') hung.push(delay);
+    }
+    expect(hung).toEqual([]);
+  }, 120_000);
 });
