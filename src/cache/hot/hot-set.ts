@@ -181,7 +181,7 @@ export class HotSet {
       id: this.ids[r]!,
       content: this.contents[r]!,
       channelId: this.channelIds[r]!,
-      similarity: Math.min(1, Math.max(-1, score)), // pgvector clamps the same way
+      similarity: score, // clamped to [-1, 1] by the search, as pgvector does
       createdAt: new Date(this.createdAts[r]!), // a copy: the caller may mutate it
       metadata: this.metadatas[r], // deep-frozen by upsert
     };
