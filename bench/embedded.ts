@@ -11,10 +11,10 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import pgvector from 'pgvector';
 import pino from 'pino';
-import { openEmbedded } from '../src/db/embedded.js';
-import { insertMemory, searchMemories, streamPersonalityMemories } from '../src/db/memories.js';
-import { migrate } from '../src/db/migrate.js';
-import { postgresDatabase, type Database } from '../src/db/queryable.js';
+import { openEmbedded } from '../src/backend/embedded.js';
+import { insertMemory, searchMemories, streamPersonalityMemories } from '../src/store/memories.js';
+import { migrate } from '../src/migrations/migrate.js';
+import { postgresDatabase, type Database } from '../src/backend/queryable.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../src/paths.js';
 import { EMBEDDING_DIMENSION } from '../src/embedding.js';
 
@@ -157,7 +157,7 @@ export async function benchEmbedded(options: EmbeddedBenchOptions = {}): Promise
     // Start-up, each in a fresh process (timed from after the imports): a new
     // data directory (initdb + migrations), a reopen, and a pg.Pool's first
     // query as the baseline.
-    const embeddedModule = JSON.stringify(new URL('../src/db/embedded.js', import.meta.url).href);
+    const embeddedModule = JSON.stringify(new URL('../src/backend/embedded.js', import.meta.url).href);
     const embeddedImports = `const { openEmbedded } = await import(${embeddedModule}); const pino = (await import('pino')).default;`;
     const openDir = `const e = await openEmbedded({ dataDir: ${JSON.stringify(dir)}, logger: pino({ level: 'silent' }) });
       const close = () => e.close();`;

@@ -22,7 +22,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import pgvector from 'pgvector';
 import { exactSearch, MetricKind } from 'usearch';
 import { QuantizedRows, type QuantizedSearchOptions } from '../src/cache/hot/quantized.js';
-import { migrate } from '../src/db/migrate.js';
+import { migrate } from '../src/migrations/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../src/paths.js';
 
 export interface HotSearchFigure {
@@ -260,7 +260,7 @@ async function loadSet(db: pg.Client, set: SetData): Promise<void> {
   }, stream as unknown as Writable);
 }
 
-/** The miss path's SQL shape (src/db/memories.ts searchMemories), on `table`. */
+/** The miss path's SQL shape (src/store/memories.ts searchMemories), on `table`. */
 function searchSql(table: string): string {
   return `WITH hits AS MATERIALIZED (
        SELECT id, content, "channelId", "createdAt", metadata, embedding <=> $1::vector AS distance
@@ -327,7 +327,7 @@ export async function runHotSearchBench(options: HotSearchBenchOptions = {}): Pr
       const hnswBuildMs = now() - t0;
       await db.query('CREATE INDEX ON memories_hnsw ("personalityId")');
       await db.query('ANALYZE');
-      // The pool's session settings (src/db/pool.ts), plus HNSW's.
+      // The pool's session settings (src/backend/pool.ts), plus HNSW's.
       await db.query(`SET ivfflat.iterative_scan = relaxed_order; SET ivfflat.probes = 1`);
       await db.query(`SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = 100`);
 

@@ -43,7 +43,7 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { Pool as HttpPool, WebSocket } from 'undici';
 import { z } from 'zod';
-import { migrate } from '../src/db/migrate.js';
+import { migrate } from '../src/migrations/migrate.js';
 import { EMBEDDING_DIMENSION } from '../src/embedding.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
 import type { Figure } from './figure.js';

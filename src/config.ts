@@ -1,9 +1,9 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './client/options.js';
-import { ConfigError } from './errors.js';
+import { ConfigError } from './contract/errors.js';
 import { parseBusUrl } from './sources/bus/bus.js';
-import { MAX_TIMER_MS, postgresUrl } from './validation/primitives.js';
+import { MAX_TIMER_MS, postgresUrl } from './contract/primitives.js';
 
 export type Env = Record<string, string | undefined>;
 

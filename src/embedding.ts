@@ -1,4 +1,4 @@
-import { ValidationError } from './errors.js';
+import { ValidationError } from './contract/errors.js';
 
 /**
  * Embedding dimension. It must equal `vector(N)` in prisma/schema.prisma and

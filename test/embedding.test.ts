@@ -2,7 +2,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EMBEDDING_DIMENSION, assertUuid, normalizeInto, parseEmbedding } from '../src/embedding.js';
-import { ValidationError } from '../src/errors.js';
+import { ValidationError } from '../src/contract/errors.js';
 import { MIGRATIONS_DIR, ROOT, connect, createDatabase, seededVectors, vectorLiteral, type TestDb } from './helpers/db.js';
 
 describe('embedding dimension is one constant', () => {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { SimilarMemory } from '../db/memories.js';
-import type { ChangeEvent } from '../sources/change-event.js';
+import type { SimilarMemory } from '../store/memories.js';
+import type { ChangeEvent } from '../contract/change-event.js';
 import type { ChangeSource, UpInfo } from '../sources/source.js';
 import { HotSetCache, type HotSetStore } from './hot/hot-sets.js';
 import type { HotQuery } from './hot/hot-set.js';

@@ -3,13 +3,13 @@ import { join, relative } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../config.js';
-import { adopt } from '../db/adopt.js';
-import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../db/check-migrations.js';
-import { createMigration } from '../db/create-migration.js';
-import { migrate } from '../db/migrate.js';
-import { ConfigError } from '../errors.js';
+import { adopt } from '../capture/adopt.js';
+import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../migrations/check-migrations.js';
+import { createMigration } from '../migrations/create-migration.js';
+import { migrate } from '../migrations/migrate.js';
+import { ConfigError } from '../contract/errors.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../paths.js';
-import { postgresUrl } from '../validation/primitives.js';
+import { postgresUrl } from '../contract/primitives.js';
 
 function databaseUrl(): string {
   const url = process.env.DATABASE_URL;

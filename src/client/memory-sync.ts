@@ -13,20 +13,21 @@ import {
   searchMemories,
   streamPersonalityMemories,
   type SimilarMemory,
-} from '../db/memories.js';
-import { openEmbedded, type EmbeddedDatabase } from '../db/embedded.js';
-import { deletePersonality, loadPersonality, upsertPersonality, type PersonalityRecord } from '../db/personalities.js';
-import { createPool } from '../db/pool.js';
-import { createPrisma, type PrismaClient } from '../db/prisma.js';
-import { postgresDatabase, type Database } from '../db/queryable.js';
-import { isTransient, toPermanent, withRetry, type RetryOptions } from '../db/retry.js';
-import { assertMigrated } from '../db/schema-check.js';
+} from '../store/memories.js';
+import { openEmbedded, type EmbeddedDatabase } from '../backend/embedded.js';
+import { deletePersonality, loadPersonality, upsertPersonality, type PersonalityRecord } from '../store/personalities.js';
+import { createPool } from '../backend/pool.js';
+import { createPrisma, type PrismaClient } from '../backend/prisma.js';
+import { postgresDatabase, type Database } from '../backend/queryable.js';
+import { isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
+import { assertMigrated } from '../capture/schema-check.js';
 import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
-import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../errors.js';
+import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../contract/errors.js';
 import { LogLimiter } from '../log-limit.js';
 import { BusSource, type BusSourceStats } from '../sources/bus-source.js';
-import { createBus, parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
+import { createBus } from '../sources/bus/create.js';
+import { parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
 import { BARRIER_CHANNEL, PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
@@ -212,7 +213,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     return this._prisma;
   }
 
-  /** The database behind the seam (src/db/queryable.ts): the pool, or the embedded database after start(). */
+  /** The database behind the seam (src/backend/queryable.ts): the pool, or the embedded database after start(). */
   get database(): Database {
     return this.db();
   }

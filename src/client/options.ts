@@ -1,8 +1,8 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
-import { postgresUrl, timerMs } from '../validation/primitives.js';
+import { ConfigError } from '../contract/errors.js';
+import { postgresUrl, timerMs } from '../contract/primitives.js';
 
 /** Every default in one place; each is explained on its option below. */
 export const DEFAULTS = {

@@ -1,8 +1,8 @@
 import { Client, Pool } from 'undici';
 import { CacheCore } from '../cache/core.js';
-import { DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../errors.js';
-import type { ErrorBody } from '../sidecar/protocol.js';
-import { PATHS } from '../sidecar/protocol.js';
+import { DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../contract/errors.js';
+import type { ErrorBody } from '../contract/wire.js';
+import { PATHS } from '../contract/wire.js';
 import { EventStream } from '../sources/event-stream.js';
 import { SidecarStreamSource } from '../sources/sidecar-stream.js';
 import { validateId } from '../validation/memory.js';

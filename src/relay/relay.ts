@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
-import { timerMs } from '../validation/primitives.js';
+import { ConfigError } from '../contract/errors.js';
+import { timerMs } from '../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from '../sources/backoff.js';
-import { barrierMessage, barrierToken, changeMessage, type Bus, type BusMessage } from '../sources/bus/bus.js';
+import { barrierMessage, barrierToken, changeMessage, type BusMessage } from '../contract/bus-message.js';
+import { type Bus } from '../sources/bus/bus.js';
 import type { ChangeSource, UpInfo } from '../sources/source.js';
 
 export interface RelayOptions {

@@ -1,8 +1,9 @@
 import type { Logger } from 'pino';
 import { loadConfig, type Env } from '../config.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError } from '../contract/errors.js';
 import { createLogger } from '../sidecar/logger.js';
-import { createBus, parseBusUrl } from '../sources/bus/bus.js';
+import { createBus } from '../sources/bus/create.js';
+import { parseBusUrl } from '../sources/bus/bus.js';
 import { PgListenSource } from '../sources/pg-listen.js';
 import { runRelay } from './relay.js';
 

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { InvalidationInfo } from '../client/memory-sync.js';
-import type { SidecarEventName } from './protocol.js';
+import type { SidecarEventName } from '../contract/wire.js';
 
 export interface EventHubOptions {
   /** A subscriber that lets this much output pile up is cut off (it reconnects and must flush). */

@@ -1,6 +1,6 @@
 import type { FastifyError } from 'fastify';
-import { ConflictError, HTTP_STATUS, MemorySyncError, PermanentError, QueryError, ValidationError } from '../errors.js';
-import type { ErrorBody } from './protocol.js';
+import { ConflictError, HTTP_STATUS, MemorySyncError, PermanentError, QueryError, ValidationError } from '../contract/errors.js';
+import type { ErrorBody } from '../contract/wire.js';
 
 export interface HttpError {
   status: number;

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { timedQuery } from './timed-query.js';
+import { timedQuery } from '../store/timed-query.js';
 
 type Db = Pick<pg.ClientBase, 'query'>;
 

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
-import type { Queryable } from '../db/queryable.js';
+import type { Queryable } from '../backend/queryable.js';
 
 /**
  * Advisory-lock keys, two-int form: (namespace, job). The two-int key space

@@ -1,8 +1,8 @@
 import { createRequire } from 'node:module';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import type { SidecarConfig } from '../config.js';
-import { sqlStateOf } from '../db/retry.js';
-import { ConfigError } from '../errors.js';
+import { sqlStateOf } from '../backend/retry.js';
+import { ConfigError } from '../contract/errors.js';
 
 /**
  * The `err` serializer: an Error is logged with type, message, stack (causes

@@ -4,7 +4,7 @@ import type { JobsConfig } from '../config.js';
 import { guardVectorIndex } from './index-guard.js';
 import { JOB_LOCKS, Scheduler, withJobLock, type Connect, type ScheduledJob } from './jobs.js';
 import type { SidecarMetrics } from './metrics.js';
-import { deleteExpiredHistory, enforceMemoryCap, type BatchOptions } from './retention.js';
+import { deleteExpiredHistory, enforceMemoryCap, type BatchOptions } from '../store/retention.js';
 
 export interface MaintenanceDeps {
   /** Each job run gets a connection of its own (never a pool connection). */

@@ -4,7 +4,7 @@ import type { MemoryClient } from '../client/memory-sync.js';
 import type { EventHub } from './events.js';
 import { toHttpError } from './http-errors.js';
 import type { SidecarMetrics } from './metrics.js';
-import type { ErrorBody } from './protocol.js';
+import type { ErrorBody } from '../contract/wire.js';
 import type { Readiness } from './readiness.js';
 import { apiRoutes } from './routes/api.js';
 import { opsRoutes } from './routes/ops.js';

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { DatabaseUnavailableError } from '../errors.js';
+import { DatabaseUnavailableError } from '../contract/errors.js';
 
 /**
  * The sync() barrier every source uses: a token sent in commit order comes

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../errors.js';
-import { timerMs } from '../validation/primitives.js';
+import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../contract/errors.js';
+import { timerMs } from '../contract/primitives.js';
 import { Barriers } from './barriers.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
 import type { Bus, BusEntry, BusKind, BusSubscription, StreamState } from './bus/bus.js';

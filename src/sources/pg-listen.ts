@@ -2,11 +2,11 @@ import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { toPermanent } from '../db/retry.js';
-import { DatabaseUnavailableError } from '../errors.js';
+import { toPermanent } from '../backend/retry.js';
+import { DatabaseUnavailableError } from '../contract/errors.js';
 import { Barriers } from './barriers.js';
 import { backoffDelay, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
-import { INVALIDATION_CHANNEL, parsePayload } from './change-event.js';
+import { INVALIDATION_CHANNEL, parsePayload } from '../contract/change-event.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
 
 /** Our own channel for sync(): a marker we send arrives after every notification committed before it. */

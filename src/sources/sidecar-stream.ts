@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { DatabaseUnavailableError } from '../errors.js';
-import { invalidationSchema } from './change-event.js';
+import { DatabaseUnavailableError } from '../contract/errors.js';
+import { invalidationSchema } from '../contract/change-event.js';
 import type { EventStream, StreamEvent } from './event-stream.js';
 import { nowMs } from './pg-listen.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';

@@ -1,5 +1,5 @@
 import type { EventEmitter } from 'node:events';
-import type { ChangeEvent } from './change-event.js';
+import type { ChangeEvent } from '../contract/change-event.js';
 
 export type SourceState = 'idle' | 'connecting' | 'up' | 'down' | 'closed';
 

@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { parseEmbedding } from '../embedding.js';
-import { ValidationError } from '../errors.js';
+import { ValidationError } from '../contract/errors.js';
 import { parseInput } from './parse.js';
-import { uuidInput } from './primitives.js';
+import { uuidInput } from '../contract/primitives.js';
 
 /** What findSimilarMemories() and POST /v1/memories/search take. */
 export interface SearchInput {

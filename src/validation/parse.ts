@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import { ValidationError } from '../errors.js';
+import { ValidationError } from '../contract/errors.js';
 
 /** ["embedding", 3] -> "embedding[3]", ["metadata", "a"] -> "metadata.a", [] -> "body". */
 export function fieldName(path: readonly PropertyKey[]): string {

@@ -7,7 +7,7 @@ import { connect, createMigratedDatabase, insertPersonality, seededVectors, vect
 // createMemorySync({ pool }) with the bot's own pg.Pool, which knows nothing of
 // memory-sync's session settings: memory-sync's own pool sets
 // ivfflat.iterative_scan and ivfflat.probes as startup options
-// (src/db/pool.ts), so that a filtered pgvector search returns k rows. The
+// (src/backend/pool.ts), so that a filtered pgvector search returns k rows. The
 // same search must return k rows through a borrowed pool (or through
 // PgBouncer, which does not forward startup options).
 

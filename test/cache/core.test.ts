@@ -3,8 +3,8 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { CacheCore, type ChangeAction } from '../../src/cache/core.js';
 import type { HotSetStore } from '../../src/cache/hot/hot-sets.js';
-import type { MemoryRow } from '../../src/db/memories.js';
-import type { ChangeEvent } from '../../src/sources/change-event.js';
+import type { MemoryRow } from '../../src/store/memories.js';
+import type { ChangeEvent } from '../../src/contract/change-event.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from '../../src/sources/source.js';
 import { seededVectors } from '../helpers/db.js';
 

@@ -64,6 +64,6 @@ describe('the packed package', () => {
     for (const entry of Object.values(pkg.exports)) {
       if (typeof entry === 'object') expect(files).toContain(entry.types.replace(/^\.\//, ''));
     }
-    expect(resolveFromBot('memory-sync/dist/src/db/migrate.js').error).toBe('ERR_PACKAGE_PATH_NOT_EXPORTED');
+    expect(resolveFromBot('memory-sync/dist/src/migrations/migrate.js').error).toBe('ERR_PACKAGE_PATH_NOT_EXPORTED');
   });
 });

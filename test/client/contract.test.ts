@@ -2,7 +2,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemorySync } from '../../src/client/memory-sync.js';
 import type { CoreHooks } from '../../src/cache/core.js';
-import type { Queryable } from '../../src/db/queryable.js';
+import type { Queryable } from '../../src/backend/queryable.js';
 import { connect, createMigratedDatabase, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
 import { gate, nextInvalidation } from '../helpers/client.js';
 

@@ -2,11 +2,11 @@ import { describe, expect, it } from 'vitest';
 import type { TestClientOptions as MemorySyncOptions } from '../helpers/client.js';
 import type { MemorySync, SimilarMemory } from '../../src/client/memory-sync.js';
 import { createMemorySync } from '../../src/client/memory-sync.js';
-import { ValidationError, NotFoundError } from '../../src/errors.js';
+import { ValidationError, NotFoundError } from '../../src/contract/errors.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral } from '../helpers/db.js';
 import { gate, nextInvalidation, startClient, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';
-import { streamPersonalityMemories } from '../../src/db/memories.js';
+import { streamPersonalityMemories } from '../../src/store/memories.js';
 import pg from 'pg';
 
 const t = useDatabase();

@@ -3,7 +3,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMemorySync, type MemorySync } from '../../src/client/memory-sync.js';
 import { memorySyncExtension } from '../../src/client/prisma-extension.js';
-import { createPrisma, type PrismaClient } from '../../src/db/prisma.js';
+import { createPrisma, type PrismaClient } from '../../src/backend/prisma.js';
 import { Prisma } from '../../src/generated/prisma/client.js';
 import { connect, createMigratedDatabase, insertPersonality, type TestDb } from '../helpers/db.js';
 

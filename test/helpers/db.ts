@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { migrate } from '../../src/db/migrate.js';
+import { migrate } from '../../src/migrations/migrate.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const MIGRATIONS_DIR = `${ROOT}prisma/migrations`;

@@ -5,7 +5,8 @@
  */
 import pino from 'pino';
 import { runRelay } from '../../src/relay/relay.js';
-import { createBus, type BusConfig } from '../../src/sources/bus/bus.js';
+import { createBus } from '../../src/sources/bus/create.js';
+import { type BusConfig } from '../../src/sources/bus/bus.js';
 import { PgListenSource } from '../../src/sources/pg-listen.js';
 
 const [databaseUrl, busJson, id] = process.argv.slice(2);

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { dedicatedConnection, JOB_LOCK_NAMESPACE, JOB_LOCKS, Scheduler, withJobLock, type Connect } from '../../src/sidecar/jobs.js';
-import { deleteExpiredHistory, enforceMemoryCap } from '../../src/sidecar/retention.js';
+import { deleteExpiredHistory, enforceMemoryCap } from '../../src/store/retention.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
 
 let db: TestDb;

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../../src/errors.js';
-import { barrierMessage, changeMessage, type Bus, type BusKind } from '../../src/sources/bus/bus.js';
+import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../../src/contract/errors.js';
+import { barrierMessage, changeMessage } from '../../src/contract/bus-message.js';
+import { type Bus, type BusKind } from '../../src/sources/bus/bus.js';
 import { BusSource } from '../../src/sources/bus-source.js';
 import type { UpInfo } from '../../src/sources/source.js';
 import { FreezableProxy } from '../helpers/proxy.js';

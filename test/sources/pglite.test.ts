@@ -1,11 +1,11 @@
 import { once } from 'node:events';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
-import { insertMemory } from '../../src/db/memories.js';
-import { upsertPersonality } from '../../src/db/personalities.js';
-import { DatabaseUnavailableError, PermanentError } from '../../src/errors.js';
-import type { ChangeEvent } from '../../src/sources/change-event.js';
+import { openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
+import { insertMemory } from '../../src/store/memories.js';
+import { upsertPersonality } from '../../src/store/personalities.js';
+import { DatabaseUnavailableError, PermanentError } from '../../src/contract/errors.js';
+import type { ChangeEvent } from '../../src/contract/change-event.js';
 import { PgliteSource } from '../../src/sources/pglite.js';
 import type { UpInfo } from '../../src/sources/source.js';
 import { validatePersonalityInput } from '../../src/validation/personality.js';

@@ -1,4 +1,4 @@
-import type { MemoryRow, SimilarMemory } from '../../db/memories.js';
+import type { MemoryRow, SimilarMemory } from '../../store/memories.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../../embedding.js';
 import { QuantizedRows } from './quantized.js';
 

@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import type { MemoryRow, SimilarMemory } from '../../db/memories.js';
+import type { MemoryRow, SimilarMemory } from '../../store/memories.js';
 import { HotSet, type HotQuery } from './hot-set.js';
 
 /**

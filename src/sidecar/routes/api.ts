@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import type { MemoryClient, PersonalityInput, SearchInput, StoreInput } from '../../client/memory-sync.js';
-import { NotFoundError } from '../../errors.js';
+import { NotFoundError } from '../../contract/errors.js';
 import { parseInput } from '../../validation/parse.js';
 import type { EventHub } from '../events.js';
 

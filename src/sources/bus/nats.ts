@@ -15,24 +15,11 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { z } from 'zod';
-import { ConfigError, DatabaseUnavailableError, PermanentError } from '../../errors.js';
-import { timerMs } from '../../validation/primitives.js';
+import { ConfigError, DatabaseUnavailableError, PermanentError } from '../../contract/errors.js';
+import { timerMs } from '../../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF } from '../backoff.js';
-import {
-  busMessageId,
-  DEFAULT_STREAM,
-  parseBusMessage,
-  streamName,
-  type Bus,
-  type BusCommonOptions,
-  type BusCursor,
-  type BusEvents,
-  type BusMessage,
-  type BusSubscribeHandlers,
-  type BusSubscription,
-  type PublishResult,
-  type StreamState,
-} from './bus.js';
+import { busMessageId, parseBusMessage, type BusMessage } from '../../contract/bus-message.js';
+import { DEFAULT_STREAM, streamName, type Bus, type BusCommonOptions, type BusCursor, type BusEvents, type BusSubscribeHandlers, type BusSubscription, type PublishResult, type StreamState } from './bus.js';
 
 export interface NatsBusOptions extends BusCommonOptions {
   /** `host:port`, or several for a cluster. */

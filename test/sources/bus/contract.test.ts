@@ -1,15 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConfigError } from '../../../src/errors.js';
-import {
-  barrierMessage,
-  busMessageId,
-  changeMessage,
-  parseBusMessage,
-  parseBusUrl,
-  type Bus,
-  type BusKind,
-} from '../../../src/sources/bus/bus.js';
+import { ConfigError } from '../../../src/contract/errors.js';
+import { barrierMessage, busMessageId, changeMessage, parseBusMessage } from '../../../src/contract/bus-message.js';
+import { parseBusUrl, type Bus, type BusKind } from '../../../src/sources/bus/bus.js';
 import { continuityProblem } from '../../../src/sources/bus-source.js';
 import { FreezableProxy } from '../../helpers/proxy.js';
 import { Admin, change, Collector, KINDS, makeBus, NATS_PORT, next, REDIS_PORT, uniqueStream } from './helpers.js';

@@ -7,7 +7,7 @@ import pino from 'pino';
 import type { Bus, BusCursor, BusEntry, BusKind, BusSubscription, StreamState } from '../../../src/sources/bus/bus.js';
 import { NatsBus, type NatsBusOptions } from '../../../src/sources/bus/nats.js';
 import { RedisBus, type RedisBusOptions } from '../../../src/sources/bus/redis.js';
-import type { ChangeEvent } from '../../../src/sources/change-event.js';
+import type { ChangeEvent } from '../../../src/contract/change-event.js';
 
 export const NATS_PORT = Number(process.env.TEST_NATS_PORT ?? 4222);
 export const REDIS_PORT = Number(process.env.TEST_REDIS_PORT ?? 6379);

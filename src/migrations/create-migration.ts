@@ -10,9 +10,9 @@ import {
 import type { MigrationList, SchemaEngine } from '@prisma/schema-engine-wasm';
 import pg from 'pg';
 import { z } from 'zod';
-import { MemorySyncError, ValidationError } from '../errors.js';
+import { MemorySyncError, ValidationError } from '../contract/errors.js';
 import { parseInput } from '../validation/parse.js';
-import { postgresUrl } from '../validation/primitives.js';
+import { postgresUrl } from '../contract/primitives.js';
 import { findUnsafeDrops, PROTECTED_INDEXES, type Finding } from './check-migrations.js';
 import { loadMigrationList } from './migrate.js';
 import { schemaEngineVersion } from './schema-engine.js';
@@ -179,7 +179,7 @@ const PG_TEXT_OID = 25;
  * Two fixes to @prisma/adapter-pg 7.10 for the schema engine:
  * - executeScript splits on every ';', breaking dollar-quoted function
  *   bodies: send the script whole (one implicit transaction), as
- *   src/db/schema-engine.ts does;
+ *   src/migrations/schema-engine.ts does;
  * - it has no column type for "char" (OID 18), which the schema describer
  *   selects from pg_catalog (relkind, contype, ...): "Column type 'char' could
  *   not be deserialized". Its values arrive as one-letter strings, so report

@@ -3,8 +3,8 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adopt, compareTables, IncompatibleSchemaError, missingIndexes, type TableShape } from '../../src/db/adopt.js';
-import { migrate } from '../../src/db/migrate.js';
+import { adopt, compareTables, IncompatibleSchemaError, missingIndexes, type TableShape } from '../../src/capture/adopt.js';
+import { migrate } from '../../src/migrations/migrate.js';
 import {
   MIGRATIONS_DIR,
   ROOT,

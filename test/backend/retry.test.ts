@@ -7,10 +7,10 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPool } from '../../src/db/pool.js';
-import { createPrisma, type PrismaClient } from '../../src/db/prisma.js';
-import { isTransient, sqlStateOf, toPermanent, withRetry, type RetryOptions } from '../../src/db/retry.js';
-import { DatabaseUnavailableError, NotMigratedError, PermanentError, QueryError } from '../../src/errors.js';
+import { createPool } from '../../src/backend/pool.js';
+import { createPrisma, type PrismaClient } from '../../src/backend/prisma.js';
+import { isTransient, sqlStateOf, toPermanent, withRetry, type RetryOptions } from '../../src/backend/retry.js';
+import { DatabaseUnavailableError, NotMigratedError, PermanentError, QueryError } from '../../src/contract/errors.js';
 import { createLogger } from '../../src/sidecar/logger.js';
 import { ADMIN_URL, ROOT, connect, createDatabase, createMigratedDatabase, urlFor, type TestDb } from '../helpers/db.js';
 

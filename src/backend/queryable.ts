@@ -3,7 +3,7 @@ import { types } from '@electric-sql/pglite';
 import type pg from 'pg';
 
 /**
- * The database seam: what the SQL in src/db needs from a backend. A pg.Pool,
+ * The database seam: what the SQL in src/store needs from a backend. A pg.Pool,
  * a checked-out pg client and a PGlite instance all satisfy it. Rows come
  * back as node-postgres returns them, on every backend: timestamptz as Date,
  * jsonb parsed, int4/float8 as number, int8 and numeric as string, bytea as
@@ -23,7 +23,7 @@ interface DatabaseBase extends Queryable {
 
 export interface PostgresDatabase extends DatabaseBase {
   readonly backend: 'postgres';
-  /** For COPY BINARY streaming (src/db/memories.ts). */
+  /** For COPY BINARY streaming (src/store/memories.ts). */
   readonly pool: pg.Pool;
 }
 

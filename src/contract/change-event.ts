@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { uuid } from '../validation/primitives.js';
+import { uuid } from './primitives.js';
 
 /** Channel the SQL triggers notify on (sql/010_notify.sql). */
 export const INVALIDATION_CHANNEL = 'cache_invalidation';

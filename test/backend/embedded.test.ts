@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DATA_DIR_LOCK_FILE, applyEmbeddedMigrations, openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
-import { insertMemory, searchMemories } from '../../src/db/memories.js';
-import { ConfigError, PermanentError } from '../../src/errors.js';
+import { DATA_DIR_LOCK_FILE, applyEmbeddedMigrations, openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
+import { insertMemory, searchMemories } from '../../src/store/memories.js';
+import { ConfigError, PermanentError } from '../../src/contract/errors.js';
 import { MIGRATIONS_DIR, connect, createMigratedDatabase, seededVectors, type TestDb } from '../helpers/db.js';
 
 const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });

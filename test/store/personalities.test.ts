@@ -1,11 +1,11 @@
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
-import { deletePersonality, loadPersonality, upsertPersonality } from '../../src/db/personalities.js';
-import { createPrisma, type PrismaClient } from '../../src/db/prisma.js';
-import { postgresDatabase, type Database } from '../../src/db/queryable.js';
-import { ConflictError, ValidationError } from '../../src/errors.js';
+import { openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
+import { deletePersonality, loadPersonality, upsertPersonality } from '../../src/store/personalities.js';
+import { createPrisma, type PrismaClient } from '../../src/backend/prisma.js';
+import { postgresDatabase, type Database } from '../../src/backend/queryable.js';
+import { ConflictError, ValidationError } from '../../src/contract/errors.js';
 import { validatePersonalityInput } from '../../src/validation/personality.js';
 import { connect, createMigratedDatabase, type TestDb } from '../helpers/db.js';
 

@@ -5,9 +5,9 @@ import { join, resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
 import type { Logger } from 'pino';
-import { ConfigError, PermanentError } from '../errors.js';
+import { ConfigError, PermanentError } from '../contract/errors.js';
 import { DEFAULT_MIGRATIONS_DIR } from '../paths.js';
-import { MIGRATE_LOCK_KEY } from './migrate.js';
+import { MIGRATE_LOCK_KEY } from '../migrations/migrate.js';
 import { pgliteDatabase, type PgliteDatabase } from './queryable.js';
 
 export interface EmbeddedOptions {
@@ -53,7 +53,7 @@ export interface EmbeddedInfo {
 export interface EmbeddedDatabase {
   /** The PGlite instance (with the pgvector extension). */
   db: PGlite;
-  /** The same database behind the seam the SQL in src/db uses. */
+  /** The same database behind the seam the SQL in src/store uses. */
   queryable: PgliteDatabase;
   /** Closes the database and releases the data directory. Idempotent. */
   close(): Promise<void>;

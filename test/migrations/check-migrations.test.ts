@@ -2,7 +2,7 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkMigrations, findUnsafeDrops, formatFinding } from '../../src/db/check-migrations.js';
+import { checkMigrations, findUnsafeDrops, formatFinding } from '../../src/migrations/check-migrations.js';
 import { MIGRATIONS_DIR } from '../helpers/db.js';
 
 describe('check-migrations', () => {

@@ -1,6 +1,6 @@
-import { ConflictError } from '../errors.js';
+import { ConflictError } from '../contract/errors.js';
 import type { LlmConfigInput, PersonalityInput } from '../validation/personality.js';
-import type { Database, Queryable } from './queryable.js';
+import type { Database, Queryable } from '../backend/queryable.js';
 
 /** An `llm_configs` row, as Prisma returns `LlmConfig`. */
 export interface LlmConfigRecord {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
 import { NotificationRecorder } from '../helpers/notifications.js';
-import { parsePayload } from '../../src/sources/change-event.js';
+import { parsePayload } from '../../src/contract/change-event.js';
 
 let db: TestDb;
 let writer: pg.Client;

@@ -32,7 +32,7 @@ afterAll(async () => {
 
 const onPool = (body: string) => `
   import pg from 'pg';
-  import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
+  import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/memories.ts`)};
   const pool = new pg.Pool({ connectionString: ${JSON.stringify(db.url)}, max: 1, query_timeout: 30000 });
   ${body}
   await pool.end();
@@ -101,8 +101,8 @@ describe('the embedded backend', () => {
   it('a process that opened PGlite, listened, streamed and closed exits by itself within 2 s', { timeout: 120_000 }, async () => {
     const r = await runChild(`
       import pino from 'pino';
-      import { openEmbedded } from ${JSON.stringify(`${ROOT}src/db/embedded.ts`)};
-      import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/db/memories.ts`)};
+      import { openEmbedded } from ${JSON.stringify(`${ROOT}src/backend/embedded.ts`)};
+      import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/memories.ts`)};
       import { PgliteSource } from ${JSON.stringify(`${ROOT}src/sources/pglite.ts`)};
       const logger = pino({ level: 'silent' });
       const e = await openEmbedded({ logger });

@@ -2,10 +2,10 @@ import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkMigrations } from '../../src/db/check-migrations.js';
-import { createMigration, migrationSlug } from '../../src/db/create-migration.js';
-import { migrate } from '../../src/db/migrate.js';
-import { ValidationError } from '../../src/errors.js';
+import { checkMigrations } from '../../src/migrations/check-migrations.js';
+import { createMigration, migrationSlug } from '../../src/migrations/create-migration.js';
+import { migrate } from '../../src/migrations/migrate.js';
+import { ValidationError } from '../../src/contract/errors.js';
 import { ADMIN_URL, ROOT, connect, createDatabase, createMigratedDatabase, type TestDb } from '../helpers/db.js';
 
 const ADD_COLUMN = ['  isActive     Boolean              @default(true)', '  isActive     Boolean              @default(true)\n  nickname     String?'] as const;

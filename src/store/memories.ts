@@ -4,7 +4,7 @@ import type { PGliteInterface } from '@electric-sql/pglite';
 import { to as copyTo } from 'pg-copy-streams';
 import pgvector from 'pgvector';
 import { EMBEDDING_DIMENSION } from '../embedding.js';
-import { toDatabase, type Database, type Queryable } from './queryable.js';
+import { toDatabase, type Database, type Queryable } from '../backend/queryable.js';
 
 /** One memory row as the hot set and search results need it. */
 export interface MemoryRow {

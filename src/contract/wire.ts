@@ -1,5 +1,5 @@
 /** The sidecar's wire contract, shared by the server and createSidecarClient. */
-import type { ErrorCode } from '../errors.js';
+import type { ErrorCode } from './errors.js';
 
 export type { ErrorCode };
 

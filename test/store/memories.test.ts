@@ -2,7 +2,7 @@ import pg from 'pg';
 import pgvector from 'pgvector';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.js';
+import { openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
 import {
   PGLITE_COPY_PAGE_ROWS,
   countPersonalityMemories,
@@ -12,11 +12,11 @@ import {
   searchMemories,
   streamPersonalityMemories,
   type MemoryRow,
-} from '../../src/db/memories.js';
-import { postgresDatabase, type Database } from '../../src/db/queryable.js';
+} from '../../src/store/memories.js';
+import { postgresDatabase, type Database } from '../../src/backend/queryable.js';
 import { createMigratedDatabase, seededVectors, type TestDb } from '../helpers/db.js';
 
-// Every function in src/db/memories.ts, on PostgreSQL 15 (COPY TO STDOUT over
+// Every function in src/store/memories.ts, on PostgreSQL 15 (COPY TO STDOUT over
 // a pg.Pool) and on PGlite (COPY to /dev/blob, in keyset pages), with the
 // same rows: the results must be the same.
 

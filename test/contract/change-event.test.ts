@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parsePayload } from '../../src/sources/change-event.js';
+import { parsePayload } from '../../src/contract/change-event.js';
 
 const good = {
   v: 1,

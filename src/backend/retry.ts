@@ -1,5 +1,5 @@
 import pRetry from 'p-retry';
-import { DatabaseUnavailableError, MemorySyncError, NotMigratedError, PermanentError, QueryError } from '../errors.js';
+import { DatabaseUnavailableError, MemorySyncError, NotMigratedError, PermanentError, QueryError } from '../contract/errors.js';
 
 /*
  * One place that reads database errors, whoever wrapped them:

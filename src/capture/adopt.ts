@@ -3,13 +3,13 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { z } from 'zod';
-import { PermanentError } from '../errors.js';
+import { PermanentError } from '../contract/errors.js';
 import { parseInput } from '../validation/parse.js';
-import { postgresUrl } from '../validation/primitives.js';
-import { PROTECTED_INDEXES } from './check-migrations.js';
-import { withShadowDatabase } from './create-migration.js';
-import { loadMigrationList, migrate, MIGRATE_LOCK_KEY } from './migrate.js';
-import { openSchemaEngine } from './schema-engine.js';
+import { postgresUrl } from '../contract/primitives.js';
+import { PROTECTED_INDEXES } from '../migrations/check-migrations.js';
+import { withShadowDatabase } from '../migrations/create-migration.js';
+import { loadMigrationList, migrate, MIGRATE_LOCK_KEY } from '../migrations/migrate.js';
+import { openSchemaEngine } from '../migrations/schema-engine.js';
 
 /**
  * The existing tables cannot serve memory-sync as they are. `problems` names
@@ -47,7 +47,7 @@ export interface TableShape {
   indexes: IndexShape[];
 }
 
-// Tables memory-sync inserts rows into (insertMemory in src/db/memories.ts);
+// Tables memory-sync inserts rows into (insertMemory in src/store/memories.ts);
 // the others it only reads, and deletes from. An insert needs every column it
 // leaves out to have a default or allow NULL.
 const INSERTED_TABLES = new Set(['memories']);

@@ -1,5 +1,5 @@
-import { NotMigratedError } from '../errors.js';
-import type { Queryable } from './queryable.js';
+import { NotMigratedError } from '../contract/errors.js';
+import type { Queryable } from '../backend/queryable.js';
 
 /** What the engine reads and the triggers that keep it in step: without them every lookup would fail or go stale. */
 const REQUIRED = {

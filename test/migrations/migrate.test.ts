@@ -3,8 +3,8 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrate } from '../../src/db/migrate.js';
-import { PermanentError } from '../../src/errors.js';
+import { migrate } from '../../src/migrations/migrate.js';
+import { PermanentError } from '../../src/contract/errors.js';
 import { MIGRATIONS_DIR, SCHEMA_PATH, connect, createDatabase, type TestDb } from '../helpers/db.js';
 
 const opts = (url: string) => ({ databaseUrl: url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH });

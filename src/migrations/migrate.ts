@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
 import type { MigrationList } from '@prisma/schema-engine-wasm';
-import { PermanentError } from '../errors.js';
+import { PermanentError } from '../contract/errors.js';
 import { openSchemaEngine } from './schema-engine.js';
 
 // Our own lock, distinct from the engine's internal one (72707369), so that a

@@ -2,9 +2,9 @@ import { once } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import type pg from 'pg';
-import { createPool } from '../../src/db/pool.js';
-import { isTransient, withRetry } from '../../src/db/retry.js';
-import { DatabaseUnavailableError, QueryError } from '../../src/errors.js';
+import { createPool } from '../../src/backend/pool.js';
+import { isTransient, withRetry } from '../../src/backend/retry.js';
+import { DatabaseUnavailableError, QueryError } from '../../src/contract/errors.js';
 import { connect, createMigratedDatabase, insertPersonality, type TestDb } from '../helpers/db.js';
 import { startClient } from '../helpers/client.js';
 
