@@ -11,10 +11,10 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface JobsConfig {
-  /** Conversation history older than this is deleted; 0 turns the cleanup off. */
-  historyTtlDays: number;
-  /** Memories kept per (personality, channel), newest first; 0 turns the cap off. */
-  memoryCap: number;
+  /** Overrides the declared history TTL (`jobs.historyTtl.days`); 0 turns it off; undefined keeps the declared one. */
+  historyTtlDays: number | undefined;
+  /** Overrides the declared memory cap (`jobs.memoryCap.keep`); 0 turns it off; undefined keeps the declared one. */
+  memoryCap: number | undefined;
   /** Rows per DELETE statement. */
   batchSize: number;
   /** Period of the retention jobs; 0 runs them at start-up only. */
@@ -28,6 +28,8 @@ export interface SidecarConfig {
   databaseUrl: string | undefined;
   /** The embedded database's directory (when there is no DATABASE_URL). */
   dataDir: string;
+  /** The declaration file (MEMORY_SYNC_CONFIG or --config); undefined: memory-sync.config.* in the working directory, else the built-in one. */
+  configPath: string | undefined;
   host: string;
   port: number;
   logLevel: LogLevel;
@@ -75,9 +77,12 @@ export const ENGINE_VARIABLES = [
   ['MEMORY_SYNC_LISTENER_TIMEOUT_MS', 'listener.queryTimeoutMs'],
   ['MEMORY_SYNC_LISTENER_RETRY_MIN_MS', 'listener.retryMinMs'],
   ['MEMORY_SYNC_LISTENER_RETRY_MAX_MS', 'listener.retryMaxMs'],
-  ['MEMORY_SYNC_PERSONALITY_CACHE_MAX', 'personalities.max'],
-  ['MEMORY_SYNC_PERSONALITY_TTL_MS', 'personalities.ttlMs'],
-  ['MEMORY_SYNC_NEGATIVE_TTL_MS', 'personalities.negativeTtlMs'],
+  ['MEMORY_SYNC_ENTITY_CACHE_MAX', 'entities.max'],
+  ['MEMORY_SYNC_PERSONALITY_CACHE_MAX', 'entities.max'],
+  ['MEMORY_SYNC_ENTITY_TTL_MS', 'entities.ttlMs'],
+  ['MEMORY_SYNC_PERSONALITY_TTL_MS', 'entities.ttlMs'],
+  ['MEMORY_SYNC_NEGATIVE_TTL_MS', 'entities.negativeTtlMs'],
+  ['MEMORY_SYNC_ENTITY_MAX_EVICTIONS', 'entities.maxEvictions'],
   ['MEMORY_SYNC_HOT_SET_MAX_BYTES', 'hotSets.maxBytes'],
   ['MEMORY_SYNC_HOT_SET_MAX_VECTORS', 'hotSets.maxVectorsPerSet'],
   ['MEMORY_SYNC_HOT_SET_RECHECK_MS', 'hotSets.tooLargeTtlMs'],
@@ -131,6 +136,7 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
   return {
     databaseUrl,
     dataDir,
+    configPath: env.MEMORY_SYNC_CONFIG || undefined,
     host: read(env, 'MEMORY_SYNC_HOST', host, '127.0.0.1'),
     port: read(env, 'MEMORY_SYNC_PORT', int(0, 65_535), 7420),
     logLevel: read(env, 'LOG_LEVEL', z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }), 'info'),
@@ -139,8 +145,8 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
     logRate: read(env, 'MEMORY_SYNC_LOG_RATE', int(1), 50),
     shutdownTimeoutMs: read(env, 'MEMORY_SYNC_SHUTDOWN_TIMEOUT_MS', timerMs(1), 10_000),
     jobs: {
-      historyTtlDays: read(env, 'MEMORY_SYNC_HISTORY_TTL_DAYS', int(0, 36_500), 30),
-      memoryCap: read(env, 'MEMORY_SYNC_MEMORY_CAP', int(0), 1000),
+      historyTtlDays: read<number | undefined>(env, 'MEMORY_SYNC_HISTORY_TTL_DAYS', int(0, 36_500), undefined),
+      memoryCap: read<number | undefined>(env, 'MEMORY_SYNC_MEMORY_CAP', int(0), undefined),
       batchSize: read(env, 'MEMORY_SYNC_RETENTION_BATCH', int(1, 100_000), 1000),
       intervalMs: read(env, 'MEMORY_SYNC_JOB_INTERVAL_MS', timerMs(0), 3_600_000),
       indexGuardIntervalMs: read(env, 'MEMORY_SYNC_INDEX_GUARD_INTERVAL_MS', timerMs(0), 300_000),

@@ -15,49 +15,68 @@ export function assertUuid(value: unknown, field: string): string {
   return value.toLowerCase();
 }
 
-/** Smallest normal float32, 2^-126. */
-const FLOAT32_MIN_NORMAL = 2 ** -126;
+/*
+ * When is a cosine similarity defined? pgvector sums a vector's squares in
+ * float32 (`<=>`): they underflow to 0 for tiny vectors (a stored vector of
+ * 1e-30 everywhere then scores similarity 1 against every query) and
+ * overflow for huge ones. The one rule, on both paths: a vector is searchable
+ * iff its squared norm, summed in float64 (each float32 square is exact in
+ * float64), lies in [2^-126, 2^126]. Inputs outside it are rejected; stored
+ * rows outside it are never returned, by the hot path (searchable()) or by
+ * pgvector (`vector_norm(v) BETWEEN 2^-63 AND 2^63`: vector_norm is the square
+ * root of the same float64 sum, so the two agree).
+ */
+export const NORM_SQUARED_MIN = 2 ** -126;
+export const NORM_SQUARED_MAX = 2 ** 126;
+/** The same bounds on the norm itself, for SQL's vector_norm(). */
+export const NORM_SQRT_MIN = 2 ** -63;
+export const NORM_SQRT_MAX = 2 ** 63;
+
+/** Σ x², in float64, in index order. */
+export function squaredNorm(v: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
+  return s;
+}
+
+/** True when cosine similarity against this vector is defined (see above). */
+export function searchable(v: ArrayLike<number>): boolean {
+  const s = squaredNorm(v);
+  return s >= NORM_SQUARED_MIN && s <= NORM_SQUARED_MAX;
+}
 
 /**
  * Checks length and finiteness; returns the values as float32, as pgvector
- * stores them. The squared norm is summed in float32, as pgvector's `<=>`
- * and the in-process kernels do, and must be a normal positive float32:
- * below 2^-126 it loses its precision and underflows to 0 (a vector of 1e-30
- * everywhere would then be every query's top hit at similarity 1), above
- * float32's range it becomes Infinity (similarity NaN).
+ * stores them, and refuses a vector whose similarity would be undefined.
  */
-export function parseEmbedding(value: unknown, field = 'embedding'): Float32Array {
+export function parseEmbedding(value: unknown, dimension: number = EMBEDDING_DIMENSION, field = 'embedding'): Float32Array {
   if (!Array.isArray(value) && !(value instanceof Float32Array) && !(value instanceof Float64Array)) {
-    throw new ValidationError(field, `must be an array of ${EMBEDDING_DIMENSION} numbers`);
+    throw new ValidationError(field, `must be an array of ${dimension} numbers`);
   }
-  if (value.length !== EMBEDDING_DIMENSION) {
-    throw new ValidationError(field, `must have ${EMBEDDING_DIMENSION} dimensions, got ${value.length}`);
+  if (value.length !== dimension) {
+    throw new ValidationError(field, `must have ${dimension} dimensions, got ${value.length}`);
   }
-  const out = new Float32Array(EMBEDDING_DIMENSION);
-  let squared = 0; // float32 throughout: each product and each sum rounded as C's float does
-  let nonZeroInput = false;
-  for (let i = 0; i < EMBEDDING_DIMENSION; i++) {
+  const out = new Float32Array(dimension);
+  for (let i = 0; i < dimension; i++) {
     const x: unknown = value[i];
     if (typeof x !== 'number' || !Number.isFinite(x)) {
       throw new ValidationError(`${field}[${i}]`, 'must be a finite number');
     }
     out[i] = x;
-    const f = out[i]!;
-    if (!Number.isFinite(f)) throw new ValidationError(`${field}[${i}]`, 'overflows float32');
-    if (x !== 0) nonZeroInput = true;
-    squared = Math.fround(squared + Math.fround(f * f));
+    if (!Number.isFinite(out[i]!)) throw new ValidationError(`${field}[${i}]`, 'overflows float32');
   }
-  if (squared === 0 && !nonZeroInput) throw new ValidationError(field, 'must not be the zero vector (cosine is undefined)');
-  if (!(squared >= FLOAT32_MIN_NORMAL)) {
+  const squared = squaredNorm(out);
+  if (squared === 0) throw new ValidationError(field, 'must not be the zero vector (cosine is undefined)');
+  if (squared < NORM_SQUARED_MIN) {
     throw new ValidationError(
       field,
-      `is too small: its squared norm in float32 is ${squared}, below the smallest normal float32 (2^-126), so cosine similarity would be wrong or undefined; scale the vector up`,
+      `is too small: its squared norm is ${squared}, below 2^-126, where pgvector's float32 arithmetic underflows and cosine similarity is wrong or undefined; scale the vector up`,
     );
   }
-  if (squared === Infinity) {
+  if (squared > NORM_SQUARED_MAX) {
     throw new ValidationError(
       field,
-      'is too large: its squared norm overflows float32 (above 3.4e38), so cosine similarity would be undefined; scale the vector down',
+      `is too large: its squared norm is ${squared}, above 2^126, where pgvector's float32 arithmetic overflows and cosine similarity is undefined; scale the vector down`,
     );
   }
   return out;

@@ -29,7 +29,7 @@ export { DEFAULTS } from './client/options.js';
 export { CacheCore, type ChangeAction, type ChangeInfo, type SearchOutcome } from './cache/core.js';
 export type { ChangeSource, ChangeSourceEvents, SourceState, UpInfo } from './sources/source.js';
 export { PgListenSource } from './sources/pg-listen.js';
-export { INVALIDATION_CHANNEL, parsePayload, type ChangeEvent, type InvalidationEvent } from './contract/change-event.js';
+export { DEFAULT_CHANNEL, parsePayload, type ChangeEvent } from './contract/change-event.js';
 export { migrate } from './migrations/migrate.js';
 export { checkMigrations, PROTECTED_INDEXES } from './migrations/check-migrations.js';
 export { createSidecarClient, SidecarClient, type SidecarClientOptions } from './client/sidecar-client.js';

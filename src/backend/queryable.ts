@@ -29,6 +29,8 @@ export interface PostgresDatabase extends DatabaseBase {
 
 export interface PgliteDatabase extends DatabaseBase {
   readonly backend: 'pglite';
+  /** `COPY (query) TO '/dev/blob' (FORMAT binary)`: PGlite's COPY TO STDOUT returns nothing. */
+  copyToBlob(query: string): Promise<Buffer>;
   /** For COPY to /dev/blob and in-process LISTEN (src/sources/pglite.ts). */
   readonly pglite: PGliteInterface;
 }
@@ -89,6 +91,11 @@ export function pgliteDatabase(pglite: PGliteInterface): PgliteDatabase {
     pglite,
     ...pgliteQueryable(pglite),
     transaction: (fn) => pglite.transaction((tx) => fn(pgliteQueryable(tx))),
+    async copyToBlob(query) {
+      const res = await pglite.query(`COPY (${query}) TO '/dev/blob' (FORMAT binary)`);
+      if (!res.blob) throw new Error('COPY TO /dev/blob returned no data');
+      return Buffer.from(await res.blob.arrayBuffer());
+    },
   };
 }
 

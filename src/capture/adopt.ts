@@ -1,9 +1,17 @@
 import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { z } from 'zod';
-import { PermanentError } from '../contract/errors.js';
+import { NotMigratedError, PermanentError } from '../contract/errors.js';
+import type { Binding } from '../schema/binding.js';
+import { BUILTIN, BUILTIN_DECLARATION } from '../schema/builtin.js';
+import { readCatalog, resolveAgainst, type ResolvedCollection } from '../schema/catalog.js';
+import { bindDeclaration, type LoadedDeclaration } from '../schema/load.js';
+import { createIndexSql, dropIndexSql, inspectIndex } from '../store/vector-index.js';
+import { captureScript, proveCapture, uninstallScript, type ProofResult } from './install.js';
+import { generateTriggers, triggerScript } from './triggers.js';
 import { parseInput } from '../validation/parse.js';
 import { postgresUrl } from '../contract/primitives.js';
 import { PROTECTED_INDEXES } from '../migrations/check-migrations.js';
@@ -38,6 +46,14 @@ export interface IndexShape {
   definition: string;
 }
 
+export interface ForeignKeyShape {
+  columns: string[];
+  refTable: string;
+  refColumns: string[];
+  /** 'a' no action, 'r' restrict, 'c' cascade, 'n' set null, 'd' set default. */
+  onDelete: string;
+}
+
 export interface TableShape {
   name: string;
   columns: ColumnShape[];
@@ -45,6 +61,7 @@ export interface TableShape {
   primaryKey: string[];
   /** Valid indexes other than the primary key's. */
   indexes: IndexShape[];
+  foreignKeys?: ForeignKeyShape[];
 }
 
 // Tables memory-sync inserts rows into (insertMemory in src/store/memories.ts);
@@ -78,6 +95,13 @@ const INDEXES_SQL = `
    WHERE NOT i.indisprimary AND i.indisvalid AND c.relnamespace = current_schema()::regnamespace
    ORDER BY c.relname, x.relname`;
 
+const FOREIGN_KEYS_SQL = `
+  SELECT c.relname AS table, r.relname AS "refTable", x.confdeltype::text AS "onDelete",
+         ARRAY(SELECT a.attname::text FROM unnest(x.conkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a ON a.attrelid = x.conrelid AND a.attnum = k.n ORDER BY k.o) AS columns,
+         ARRAY(SELECT a.attname::text FROM unnest(x.confkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a ON a.attrelid = x.confrelid AND a.attnum = k.n ORDER BY k.o) AS "refColumns"
+    FROM pg_constraint x JOIN pg_class c ON c.oid = x.conrelid JOIN pg_class r ON r.oid = x.confrelid
+   WHERE x.contype = 'f' AND c.relnamespace = current_schema()::regnamespace`;
+
 /** The tables of the connection's current schema, as the catalog has them. */
 export async function describeTables(c: pg.ClientBase): Promise<Map<string, TableShape>> {
   const tables = new Map<string, TableShape>();
@@ -94,6 +118,11 @@ export async function describeTables(c: pg.ClientBase): Promise<Map<string, Tabl
   }
   const indexes = await c.query<IndexShape & { table: string }>(INDEXES_SQL);
   for (const r of indexes.rows) tables.get(r.table)?.indexes.push({ name: r.name, unique: r.unique, definition: r.definition });
+  const fks = await c.query<ForeignKeyShape & { table: string }>(FOREIGN_KEYS_SQL);
+  for (const r of fks.rows) {
+    const t = tables.get(r.table);
+    if (t) (t.foreignKeys ??= []).push({ columns: r.columns, refTable: r.refTable, refColumns: r.refColumns, onDelete: r.onDelete });
+  }
   return tables;
 }
 
@@ -133,6 +162,7 @@ export async function requiredTables(options: RequirementOptions): Promise<Table
   });
 }
 
+const ON_DELETE: Record<string, string> = { c: ' ON DELETE CASCADE', n: ' ON DELETE SET NULL', d: ' ON DELETE SET DEFAULT', r: ' ON DELETE RESTRICT' };
 const q = (s: string) => `"${s.replace(/"/g, '""')}"`;
 const spell = (c: ColumnShape) => `${c.type}${c.notNull ? ' NOT NULL' : ''}`;
 
@@ -176,6 +206,13 @@ export function compareTables(required: TableShape[], existing: Map<string, Tabl
       if (!have.indexes.some((h) => h.unique && h.definition === w.definition)) {
         problems.push(`table ${q(want.name)} has no unique index ${w.definition}, memory-sync needs one (${w.name})`);
       }
+    }
+    // The caches rely on these: a personality's delete takes its config and memories with it.
+    for (const fk of want.foreignKeys ?? []) {
+      const same = (have.foreignKeys ?? []).find((h) => h.columns.join(',') === fk.columns.join(',') && h.refTable === fk.refTable && h.refColumns.join(',') === fk.refColumns.join(','));
+      const spell = `(${fk.columns.map(q).join(', ')}) REFERENCES ${q(fk.refTable)} (${fk.refColumns.map(q).join(', ')})${ON_DELETE[fk.onDelete] ?? ''}`;
+      if (!same) problems.push(`table ${q(want.name)} has no foreign key ${spell}, memory-sync relies on it`);
+      else if (same.onDelete !== fk.onDelete) problems.push(`table ${q(want.name)} has foreign key ${spell.replace(/ ON DELETE .*$/, '')}${ON_DELETE[same.onDelete] ?? ''}, memory-sync needs${ON_DELETE[fk.onDelete] ?? ' NO ACTION'}`);
     }
     if (want.primaryKey.join(',') !== have.primaryKey.join(',')) {
       const key = (k: string[]) => `(${k.map(q).join(', ')})`;
@@ -222,8 +259,6 @@ export interface AdoptOptions {
   migrationsDir: string;
   /** memory-sync's Prisma schema (the engine needs one to start). */
   schemaPath: string;
-  /** memory-sync's canonical SQL (000_extension, 010_notify, 020_vector_index). */
-  sqlDir: string;
   /**
    * An empty database to derive the requirements in, instead of a temporary
    * one created next to `databaseUrl`; emptied again after use.
@@ -268,31 +303,51 @@ const adoptSchema = z.object({
   shadowDatabaseUrl: postgresUrl.optional(),
   migrationsDir: z.string().min(1),
   schemaPath: z.string().min(1),
-  sqlDir: z.string().min(1),
   lockTimeoutMs: z.number().int().min(0).max(2_147_483_647).default(5_000),
   record: z.boolean().default(true),
 });
 
-const VECTOR_INDEX = PROTECTED_INDEXES[0]!;
 
-/** sql/020_vector_index.sql's statement, built CONCURRENTLY so writers are not blocked. */
-function concurrentIndexStatement(sql: string): string {
-  const statement = sql.replace(/--[^\n]*/g, '').trim().replace(/;\s*$/, '');
-  const concurrent = statement.replace(/^CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\b/i, 'CREATE INDEX CONCURRENTLY IF NOT EXISTS');
-  if (concurrent === statement || concurrent.includes(';')) {
-    throw new Error(`020_vector_index.sql is not one CREATE INDEX IF NOT EXISTS statement`);
+/** The extension, then the generated triggers, proven in a rolled-back transaction first, then installed. */
+async function installCapture(c: pg.Client, binding: Binding, lockTimeoutMs: number, log: (line: string) => void): Promise<{ script: string; proved: ProofResult[] }> {
+  const script = await captureScript(c, binding);
+  await c.query(`SET lock_timeout = ${lockTimeoutMs}`);
+  if (binding.collections.size) await c.query('CREATE EXTENSION IF NOT EXISTS vector');
+  const proved = await proveCapture(c, binding, script);
+  for (const p of proved) log(`proved on ${p.table}: ${p.statements.length} statements, rolled back`);
+  await c.query(script); // one simple-protocol query: one implicit transaction
+  log(`change capture installed on ${generateTriggers(binding).map((t) => t.table).join(', ') || 'no table'} (channel ${binding.channel})`);
+  return { script, proved };
+}
+
+/** Each collection's vector index, CONCURRENTLY, unless the column has a valid cosine index already. */
+async function installIndexes(c: pg.Client, binding: Binding, resolved: Map<string, ResolvedCollection>, log: (line: string) => void): Promise<Record<string, AdoptResult['vectorIndex']>> {
+  await c.query('SET lock_timeout = 0'); // CONCURRENTLY waits for older transactions by design
+  const out: Record<string, AdoptResult['vectorIndex']> = {};
+  for (const col of binding.collections.values()) {
+    const { state, name } = await inspectIndex(c, binding, col);
+    if (state === 'valid') {
+      out[col.name] = 'present';
+      log(`${col.name}: vector index ${name} present`);
+      continue;
+    }
+    if (state === 'invalid') await c.query(dropIndexSql(binding, col, name));
+    await c.query(createIndexSql(binding, col, resolved.get(col.name)!, true));
+    out[col.name] = state === 'invalid' ? 'rebuilt' : 'created';
+    log(`${col.name}: vector index ${col.index.name} ${out[col.name]} (CONCURRENTLY)`);
   }
-  return concurrent;
+  return out;
 }
 
 /**
  * Adopts a database whose tables already exist (created by the bot's own
- * Prisma project): checks them against memory-sync's migrations, installs the
- * notify triggers (idempotent) and the vector index (CONCURRENTLY, outside a
- * transaction), and records memory-sync's migrations as applied with the
- * engine's markMigrationApplied, the call behind `prisma migrate resolve
- * --applied`. Throws IncompatibleSchemaError, having changed nothing, when the
- * tables do not fit.
+ * Prisma project) for memory-sync's own schema: checks them against
+ * memory-sync's migrations (columns, keys, indexes, foreign keys), installs
+ * the generated triggers (proven in a rolled-back transaction first) and the
+ * vector index (CONCURRENTLY), and records memory-sync's migrations as
+ * applied with the engine's markMigrationApplied, the call behind `prisma
+ * migrate resolve --applied`. Throws IncompatibleSchemaError, having changed
+ * nothing, when the tables do not fit.
  */
 export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
   const o = parseInput(adoptSchema, {
@@ -300,15 +355,11 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     shadowDatabaseUrl: options.shadowDatabaseUrl,
     migrationsDir: options.migrationsDir,
     schemaPath: options.schemaPath,
-    sqlDir: options.sqlDir,
     lockTimeoutMs: options.lockTimeoutMs,
     record: options.record,
   });
   const log = options.log ?? (() => {});
-  const [extensionSql, notifySql, indexSql] = await Promise.all(
-    ['000_extension.sql', '010_notify.sql', '020_vector_index.sql'].map((f) => readFile(join(o.sqlDir, f), 'utf8')),
-  );
-  const createIndex = concurrentIndexStatement(indexSql!);
+  const binding = bindDeclaration({ declaration: { ...BUILTIN_DECLARATION, schema: o.schemaPath }, source: 'built-in', baseDir: process.cwd() });
   const required = await requiredTables({ ...o, log });
   const migrationsList = await loadMigrationList(o.migrationsDir);
 
@@ -329,14 +380,9 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     }
     if (problems.length) throw new IncompatibleSchemaError(problems);
 
-    await c.query(`SET lock_timeout = ${o.lockTimeoutMs}`);
-    await c.query(extensionSql!);
-    await c.query(notifySql!); // one simple-protocol query: one implicit transaction
-    log('notify triggers installed on personalities, llm_configs, memories');
-
-    await c.query('SET lock_timeout = 0'); // CONCURRENTLY waits for older transactions by design
-    const vectorIndex = await ensureIndex(c, VECTOR_INDEX, createIndex);
-    log(`${VECTOR_INDEX}: ${vectorIndex}`);
+    await installCapture(c, binding, o.lockTimeoutMs, log);
+    const resolved = resolveAgainst(binding, await readCatalog(c, binding)).collections;
+    const vectorIndex = (await installIndexes(c, binding, resolved, log))[BUILTIN.memories]!;
     const indexesCreated: string[] = [];
     for (const { table, index } of missingIndexes(required, existing)) {
       await ensureIndex(c, index.name, `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${q(index.name)} ON ${q(table)} ${index.definition}`);
@@ -345,21 +391,150 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     }
 
     const pending = o.record ? migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name)) : [];
-    if (pending.length) {
-      const schema = { path: o.schemaPath, content: await readFile(o.schemaPath, 'utf8') };
-      const handle = await openSchemaEngine(o.databaseUrl, schema, log);
-      try {
-        for (const migrationName of pending) {
-          await handle.engine.markMigrationApplied({ migrationName, migrationsList });
-        }
-      } finally {
-        await handle.close();
-      }
-    }
+    if (pending.length) await markApplied(o.databaseUrl, o.schemaPath, migrationsList, pending, log);
     const alreadyRecorded = [...recorded.keys()].filter((n) => migrationsList.migrationDirectories.some((d) => d.path === n));
     return { recorded: pending, alreadyRecorded, vectorIndex, indexesCreated };
   } finally {
     await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
+    await c.end().catch(() => {});
+  }
+}
+
+async function markApplied(databaseUrl: string, schemaPath: string, migrationsList: Awaited<ReturnType<typeof loadMigrationList>>, names: string[], log: (line: string) => void): Promise<void> {
+  const schema = { path: schemaPath, content: await readFile(schemaPath, 'utf8') };
+  const handle = await openSchemaEngine(databaseUrl, schema, log);
+  try {
+    for (const migrationName of names) await handle.engine.markMigrationApplied({ migrationName, migrationsList });
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface AdoptDeclarationOptions {
+  databaseUrl: string;
+  /** The declaration (memory-sync.config.*), loaded. */
+  declaration: LoadedDeclaration;
+  /**
+   * The bot's own migrations folder: the capture SQL is written there as a
+   * migration, and recorded as applied, so a team with one history keeps one.
+   * @defaultValue "prisma/migrations" next to the bot's schema; null writes none
+   */
+  migrationDir?: string | null;
+  /** @defaultValue 5000 ms (see AdoptOptions.lockTimeoutMs) */
+  lockTimeoutMs?: number;
+  log?: (line: string) => void;
+  /** The migration's timestamp. @defaultValue now */
+  now?: Date;
+}
+
+export interface AdoptDeclarationResult {
+  /** Tables that got triggers. */
+  tables: string[];
+  proved: ProofResult[];
+  /** Per collection. */
+  vectorIndexes: Record<string, AdoptResult['vectorIndex']>;
+  /** The migration written (its folder), or null (unchanged since the last adopt, or none asked for). */
+  migration: string | null;
+  /** Whether that migration was recorded in _prisma_migrations. */
+  recorded: boolean;
+  /** Relations the declaration follows that have no foreign key (fine; said so). */
+  unconstrained: string[];
+}
+
+const MIGRATION_SUFFIX = '_memory_sync_capture';
+
+/** The newest memory-sync capture migration in the folder, and its SQL. */
+function latestCapture(dir: string): { name: string; sql: string } | null {
+  if (!existsSync(dir)) return null;
+  const names = readdirSync(dir).filter((n) => n.endsWith(MIGRATION_SUFFIX)).sort();
+  const name = names[names.length - 1];
+  if (!name) return null;
+  const file = join(dir, name, 'migration.sql');
+  return existsSync(file) ? { name, sql: readFileSync(file, 'utf8') } : null;
+}
+
+/** Prisma's migration folder timestamp: YYYYMMDDHHMMSS, UTC. */
+const stamp = (d: Date) => d.toISOString().replace(/[-:T]/g, '').slice(0, 14);
+
+/**
+ * Adopts a bot's own schema for a declaration: checks the declaration
+ * against the catalog (every table, column and type the declaration uses,
+ * the vector columns' dimensions), proves the generated triggers on every
+ * declared table in a rolled-back transaction (an INSERT, an UPDATE and a
+ * DELETE each; a failure names the table and the statement and nothing is
+ * changed), installs them and the vector indexes, and writes the same SQL
+ * as a Prisma migration into the bot's migrations folder, recorded as
+ * applied.
+ */
+export async function adoptDeclaration(options: AdoptDeclarationOptions): Promise<AdoptDeclarationResult> {
+  const log = options.log ?? (() => {});
+  const lockTimeoutMs = options.lockTimeoutMs ?? 5_000;
+  const binding = bindDeclaration(options.declaration);
+  const migrationDir = options.migrationDir === undefined ? join(dirname(binding.schemaPath), 'migrations') : options.migrationDir;
+  const c = new pg.Client({ connectionString: options.databaseUrl, application_name: 'memory-sync adopt' });
+  c.on('error', () => {});
+  await c.connect();
+  try {
+    await c.query('SELECT pg_advisory_lock($1)', [MIGRATE_LOCK_KEY]);
+    let resolved;
+    try {
+      resolved = resolveAgainst(binding, await readCatalog(c, binding));
+    } catch (err) {
+      if (err instanceof NotMigratedError) throw new IncompatibleSchemaError(err.message.split('\n').slice(1).map((l) => l.replace(/^\s*- /, '')));
+      throw err;
+    }
+    for (const u of resolved.unconstrained) log(`note: ${u}; changes are still followed`);
+    const { proved } = await installCapture(c, binding, lockTimeoutMs, log);
+    const vectorIndexes = await installIndexes(c, binding, resolved.collections, log);
+
+    let migration: string | null = null;
+    let recorded = false;
+    if (migrationDir) {
+      const sql = migrationSql(binding, resolved.collections);
+      const last = latestCapture(migrationDir);
+      if (last?.sql !== sql) {
+        migration = `${stamp(options.now ?? new Date())}${MIGRATION_SUFFIX}`;
+        mkdirSync(join(migrationDir, migration), { recursive: true });
+        writeFileSync(join(migrationDir, migration, 'migration.sql'), sql);
+        log(`wrote ${join(migrationDir, migration, 'migration.sql')}`);
+        if (await hasMigrationTable(c)) {
+          await markApplied(options.databaseUrl, binding.schemaPath, await loadMigrationList(migrationDir), [migration], log);
+          recorded = true;
+          log(`recorded ${migration} as applied`);
+        }
+      }
+    }
+    return { tables: generateTriggers(binding).map((t) => t.table), proved, vectorIndexes, migration, recorded, unconstrained: resolved.unconstrained };
+  } finally {
+    await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
+    await c.end().catch(() => {});
+  }
+}
+
+/** The capture as a migration: the triggers, and each vector index (plain CREATE INDEX: a migration runs in a transaction). */
+export function migrationSql(binding: Binding, resolved: Map<string, ResolvedCollection>): string {
+  const indexes = [...binding.collections.values()].map((col) => `${createIndexSql(binding, col, resolved.get(col.name)!, false)};`);
+  return `${binding.collections.size ? 'CREATE EXTENSION IF NOT EXISTS vector;\n\n' : ''}${triggerScript(binding)}${indexes.length ? `\n-- Vector indexes (adopt built them CONCURRENTLY; here for a database made from this history)\n${indexes.join('\n')}\n` : ''}`;
+}
+
+async function hasMigrationTable(c: pg.Client): Promise<boolean> {
+  const r = await c.query(`SELECT to_regclass('_prisma_migrations') IS NOT NULL AS ok`);
+  return r.rows[0]?.ok === true;
+}
+
+/** Removes what adopt installed: the triggers and their functions (and, with `slot`, replication's slot and publication). */
+export async function uninstall(options: { databaseUrl: string; declaration: LoadedDeclaration; log?: (line: string) => void }): Promise<string[]> {
+  const binding = bindDeclaration(options.declaration);
+  const c = new pg.Client({ connectionString: options.databaseUrl, application_name: 'memory-sync uninstall' });
+  c.on('error', () => {});
+  await c.connect();
+  try {
+    const script = await uninstallScript(c, binding);
+    await c.query(script);
+    const lines = script.split('\n').filter(Boolean);
+    for (const l of lines) options.log?.(l);
+    return lines;
+  } finally {
     await c.end().catch(() => {});
   }
 }

@@ -3,7 +3,8 @@ import { join, relative } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../config.js';
-import { adopt } from '../capture/adopt.js';
+import { adopt, adoptDeclaration, uninstall } from '../capture/adopt.js';
+import { findDeclaration, loadDeclaration, loadDeclarationFile } from '../schema/load.js';
 import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../migrations/check-migrations.js';
 import { createMigration } from '../migrations/create-migration.js';
 import { migrate } from '../migrations/migrate.js';
@@ -32,6 +33,11 @@ const shadowOption = () =>
     'SHADOW_DATABASE_URL',
   );
 
+const configOption = () =>
+  new Option('--config <file>', 'the declaration (memory-sync.config.{ts,mjs,js,json}); default: one in the working directory, else memory-sync\'s own schema').env(
+    'MEMORY_SYNC_CONFIG',
+  );
+
 function program(out: { code: number }): Command {
   const cli = new Command('memory-sync')
     .description('Keeps bot caches in step with PostgreSQL via LISTEN/NOTIFY; serves memory search.')
@@ -41,8 +47,10 @@ function program(out: { code: number }): Command {
 
   cli
     .command('start')
-    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables; see README)')
-    .action(async () => {
+    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables; see docs/reference.md)')
+    .addOption(configOption())
+    .action(async (o: { config?: string }) => {
+      if (o.config) process.env.MEMORY_SYNC_CONFIG = o.config;
       const config = loadConfig(process.env);
       // Loaded on demand: migrate and check-migrations (the pre-commit hook) need no HTTP stack.
       const { runSidecar } = await import('../sidecar/lifecycle/start.js');
@@ -70,26 +78,63 @@ function program(out: { code: number }): Command {
   cli
     .command('adopt')
     .description(
-      "adopt a database whose tables already exist (made by your own Prisma project): check them, install the triggers and the vector index (CONCURRENTLY), record memory-sync's migrations as `prisma migrate resolve --applied` does",
+      "adopt a database whose tables already exist: check them against the declaration (or memory-sync's own migrations), prove and install the generated triggers, build the vector indexes CONCURRENTLY, and record the change as a migration",
     )
-    .option('--migrations-dir <dir>', "memory-sync's migrations", DEFAULT_MIGRATIONS_DIR)
-    .option('--schema <file>', "memory-sync's Prisma schema", DEFAULT_SCHEMA_PATH)
-    .option('--no-record', "do not record memory-sync's migrations (your own migrations folder carries its SQL; see docs/adopting.md)")
+    .addOption(configOption())
+    .option('--migration-dir <dir>', 'with a declaration: your migrations folder, where the capture SQL is written as a migration (default: prisma/migrations next to your schema)')
+    .option('--no-migration', 'with a declaration: write no migration file')
+    .option('--migrations-dir <dir>', "without a declaration: memory-sync's migrations", DEFAULT_MIGRATIONS_DIR)
+    .option('--schema <file>', "without a declaration: memory-sync's Prisma schema", DEFAULT_SCHEMA_PATH)
+    .option('--no-record', "without a declaration: do not record memory-sync's migrations (your own migrations folder carries its SQL; see docs/adopting.md)")
     .addOption(shadowOption())
-    .action(async (o: { migrationsDir: string; schema: string; record: boolean; shadowDatabaseUrl?: string }) => {
+    .action(async (o: { config?: string; migrationDir?: string; migration: boolean; migrationsDir: string; schema: string; record: boolean; shadowDatabaseUrl?: string }) => {
+      const declared = findDeclaration(o.config);
+      if (declared) {
+        const result = await adoptDeclaration({
+          databaseUrl: databaseUrl(),
+          declaration: await loadDeclarationFile(declared),
+          migrationDir: o.migration ? o.migrationDir : null,
+          log: (line) => console.log(line),
+        });
+        console.log(`adopted ${shown(declared)}: triggers on ${result.tables.join(', ') || 'no table'}`);
+        if (result.migration) console.log(`migration ${result.migration}${result.recorded ? ' (recorded as applied)' : ''}`);
+        return;
+      }
       const result = await adopt({
         record: o.record,
         databaseUrl: databaseUrl(),
         migrationsDir: o.migrationsDir,
         schemaPath: o.schema,
-        sqlDir: join(PACKAGE_ROOT, 'sql'),
         ...(o.shadowDatabaseUrl ? { shadowDatabaseUrl: o.shadowDatabaseUrl } : {}),
       });
-      console.log('tables compatible; notify triggers installed on personalities, llm_configs, memories');
+      console.log('tables compatible; change capture installed on personalities, llm_configs, memories');
       console.log(`${PROTECTED_INDEXES[0]}: ${result.vectorIndex}${result.vectorIndex === 'present' ? '' : ' (CREATE INDEX CONCURRENTLY)'}`);
       if (result.indexesCreated.length) console.log(`indexes created (CONCURRENTLY): ${result.indexesCreated.join(', ')}`);
       if (result.recorded.length) console.log(`recorded as applied: ${result.recorded.join(', ')}`);
       if (result.alreadyRecorded.length) console.log(`already recorded: ${result.alreadyRecorded.join(', ')}`);
+    });
+
+  cli
+    .command('uninstall')
+    .description('remove what adopt installed: the generated triggers and their functions (the vector indexes and migration files stay)')
+    .addOption(configOption())
+    .action(async (o: { config?: string }) => {
+      const declaration = await loadDeclaration(o.config);
+      const dropped = await uninstall({ databaseUrl: databaseUrl(), declaration });
+      console.log(dropped.length ? dropped.join('\n') : 'nothing to remove');
+    });
+
+  cli
+    .command('init')
+    .description("write a starting memory-sync.config.json from your Prisma schema: models with a vector column as collections, the others as candidate entities (reads DATABASE_URL's catalog when set, to find vector columns)")
+    .option('--schema <file>', 'your Prisma schema (file or folder)', 'prisma/schema.prisma')
+    .option('--out <file>', 'where to write it', 'memory-sync.config.json')
+    .option('--force', 'overwrite an existing file')
+    .action(async (o: { schema: string; out: string; force?: boolean }) => {
+      const { writeInit } = await import('../schema/init.js');
+      const text = await writeInit({ schemaPath: o.schema, out: o.out, force: o.force === true, databaseUrl: process.env.DATABASE_URL || undefined });
+      console.log(text);
+      console.log(`wrote ${shown(o.out)}: edit it (lookups, include, partitionBy, filters), then run memory-sync adopt`);
     });
 
   cli

@@ -2,42 +2,58 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import pino, { type Logger } from 'pino';
-import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CoreHooks } from '../cache/core.js';
-import type { HotSetStore } from '../cache/hot/hot-sets.js';
-import { nativeKernelsFit } from '../cache/hot/quantized.js';
-import {
-  countPersonalityMemories,
-  deleteMemoryById,
-  fetchMemoriesByIds,
-  insertMemory,
-  searchMemories,
-  streamPersonalityMemories,
-  type SimilarMemory,
-} from '../store/memories.js';
 import { openEmbedded, type EmbeddedDatabase } from '../backend/embedded.js';
-import { deletePersonality, loadPersonality, upsertPersonality, type PersonalityRecord } from '../store/personalities.js';
 import { createPool } from '../backend/pool.js';
 import { createPrisma, type PrismaClient } from '../backend/prisma.js';
-import { postgresDatabase, type Database } from '../backend/queryable.js';
+import { postgresDatabase, type Database, type Queryable } from '../backend/queryable.js';
 import { isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
-import { assertMigrated } from '../capture/schema-check.js';
-import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
-import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
+import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CollectionOptions, type CoreHooks, type EntityOptions } from '../cache/core.js';
+import type { PartitionStore } from '../cache/hot/hot-sets.js';
+import { nativeKernelsFit } from '../cache/hot/quantized.js';
+import { assertCaptureInstalled } from '../capture/install.js';
+import { barrierChannel } from '../contract/change-event.js';
+import type {
+  CollectionClient,
+  CollectionHit,
+  CollectionNames,
+  CollectionSearch,
+  EntityClient,
+  EntityLoaderFn,
+  EntityNames,
+  EntityValue,
+  EntityWhere,
+  MemoryClient,
+  PersonalityInput,
+  PersonalityWithConfig,
+  SearchInput,
+  SimilarMemory,
+  StoreInput,
+} from '../contract/client.js';
 import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../contract/errors.js';
+import type { CollectionShape, EntityShape, SchemaShape } from '../contract/shape.js';
+import { normalizeInto } from '../embedding.js';
 import { LogLimiter } from '../log-limit.js';
+import { collectionShape, entityShape, watchShape, type Binding } from '../schema/binding.js';
+import { BUILTIN, BUILTIN_DECLARATION } from '../schema/builtin.js';
+import { readCatalog, resolveAgainst, type Resolved } from '../schema/catalog.js';
+import type { Declaration } from '../schema/declaration.js';
+import { bindDeclaration, loadDeclaration, type LoadedDeclaration } from '../schema/load.js';
+import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { BusSource, type BusSourceStats } from '../sources/bus-source.js';
-import { createBus } from '../sources/bus/create.js';
 import { parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
-import { BARRIER_CHANNEL, PgListenSource } from '../sources/pg-listen.js';
+import { createBus } from '../sources/bus/create.js';
+import { PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
-import { validateId, validateSearch, validateStore, type SearchInput, type StoreInput } from '../validation/memory.js';
-import { validatePersonalityInput, type PersonalityInput } from '../validation/personality.js';
+import { CollectionStore, type CollectionQuery } from '../store/collections.js';
+import { EntityLoader } from '../store/entities.js';
+import { PersonalityStore } from '../store/personalities.js';
+import { lookupFrom, parseSearch, searchSchema } from '../validation/collection.js';
+import { validateId, validateSearch, validateStore } from '../validation/memory.js';
+import { validatePersonalityInput } from '../validation/personality.js';
 import { resolveOptions, type MemorySyncOptions, type ResolvedOptions } from './options.js';
 
-/** A personality with its LLM config, as Prisma's findUnique({ include: { llmConfig: true } }) returns it. */
-export type PersonalityWithConfig = PersonalityRecord;
-export type { SimilarMemory, SearchInput, StoreInput, PersonalityInput };
+export type { PersonalityWithConfig, SimilarMemory, SearchInput, StoreInput, PersonalityInput, MemoryClient };
 
 /** What a change did to the caches. */
 export type InvalidationAction = ChangeAction;
@@ -49,6 +65,8 @@ export interface MemorySyncStats {
   evictions: number;
   invalidations: Record<string, number>;
   invalidNotifications: number;
+  /** Other programs' payloads on memory-sync's channel (ignored). */
+  foreignNotifications: number;
   reconnects: number;
   flushes: number;
   hotSetBytes: number;
@@ -57,55 +75,45 @@ export interface MemorySyncStats {
   hotSearches: number;
   pgvectorSearches: number;
   abortedFills: number;
+  /** Rows left out of hot sets because their vector has another dimension. */
+  wrongDimension: number;
   /** The change source's state (named `listener` since 0.1). */
   listener: SourceState;
   /** The change source's name: "listen", "pglite", "nats", "redis". */
   source: string;
-  /** The hot-search scan: "usearch-int8" (one native call per query), or "js" where usearch's kernels are unavailable. */
+  /** The hot-search scan: "usearch-int8" (one native call per query), or "js". */
   kernel: string;
+  /** Per declared entity and collection. */
+  entities: Record<string, { size: number; hits: number; misses: number; invalidated: number }>;
+  collections: Record<string, { sets: number; vectors: number; bytes: number; wrongDimension: number }>;
 }
 
 export type MemorySyncEvents = CacheCoreEvents;
 
-/** The lookup and write surface shared by the in-process and the sidecar client. */
-/** A loader for cached personalities: (id) => the personality as the caller wants it, or null. */
-export type PersonalityLoader = (id: string) => Promise<object | null>;
+const CORE_EVENTS = ['invalidation', 'invalid', 'flush', 'down', 'reconnect', 'up', 'loaded', 'wrongDimension'] as const;
 
-export interface MemoryClient {
-  getPersonality(id: string): Promise<PersonalityWithConfig | null>;
-  findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]>;
-  storeMemory(input: StoreInput): Promise<string>;
-  deleteMemory(id: string): Promise<boolean>;
-  /** Creates or replaces a personality (and its LLM config); the caller reads its own write. */
-  upsertPersonality(id: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }>;
-  /** Deletes a personality with its config and memories; false when there was none. */
-  deletePersonality(id: string): Promise<boolean>;
-  /** Resolves once every change committed before the call has been applied (read-your-writes across processes). */
-  sync(timeoutMs?: number): Promise<void>;
-  /**
-   * Loads personalities on a miss with `load` instead of memory-sync's own
-   * query (memorySyncExtension passes the bot's Prisma, so cached values
-   * carry the bot's own columns and types). The same invalidation applies.
-   * Returns false when this client keeps no personality cache.
-   */
-  cachePersonalitiesWith(load: PersonalityLoader): boolean;
-  close(): Promise<void>;
+/** Everything built from the declaration once the database is known. */
+interface Schema {
+  binding: Binding;
+  resolved: Resolved;
+  entities: Map<string, { shape: EntityShape; loader: EntityLoader }>;
+  collections: Map<string, { shape: CollectionShape; store: CollectionStore; schema: ReturnType<typeof searchSchema> }>;
+  personalities: PersonalityStore | undefined;
 }
 
-const CORE_EVENTS = ['invalidation', 'invalid', 'flush', 'down', 'reconnect', 'up', 'loaded'] as const;
-
 /**
- * The in-process client: a pool, one change source and the cache core.
- * It validates input, asks the core first and the database on a miss, and
- * reports its own writes to the core. What a change does is the core's
- * business (src/cache/core.ts).
+ * The in-process client: a declaration bound to the database, a pool, one
+ * change source and the cache core. It validates input, asks the core first
+ * and the database on a miss, and reports its own writes to the core. What a
+ * change does is the core's business (src/cache/core.ts).
  */
-export class MemorySync extends EventEmitter<MemorySyncEvents> implements MemoryClient {
+export class MemorySync<D extends Declaration = Declaration> extends EventEmitter<MemorySyncEvents> implements MemoryClient {
   readonly options: ResolvedOptions;
   readonly logger: Logger;
   /** "postgres" with a DATABASE_URL or a pool; "embedded" (PGlite in process) without. */
   readonly backend: 'postgres' | 'embedded';
-  readonly core: CacheCore<PersonalityWithConfig>;
+  private _core: CacheCore | undefined;
+  private schema: Schema | undefined;
   private readonly _pool: pg.Pool | undefined;
   private _prisma: PrismaClient | undefined;
   private _database: Database | undefined;
@@ -113,28 +121,34 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   private _source: ChangeSource | undefined;
   private readonly dataDir: string | undefined;
   private readonly busConfig: BusConfig | undefined;
+  private readonly listenUrl: string | undefined;
   private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
   private pgvectorSearches = 0;
-  private personalityLoader: (id: string) => Promise<PersonalityWithConfig | null>;
+  private readonly loaders = new Map<string, EntityLoaderFn>();
   private summaryTimer: NodeJS.Timeout | undefined;
   /** Aborted by stopRetrying()/close(): calls in flight stop waiting for the database. */
   private readonly lifetime = new AbortController();
   private readonly warnings: LogLimiter;
+  private readonly declarationInput: D | string | undefined;
   private closed = false;
+  private starting: Promise<void> | undefined;
 
   /** @param hooks test seams only; not part of the public API. */
-  constructor(options: MemorySyncOptions = {}, hooks?: CoreHooks) {
+  constructor(
+    options: MemorySyncOptions<D> = {},
+    private readonly hooks?: CoreHooks,
+  ) {
     super();
-    this.options = resolveOptions(options);
+    this.options = resolveOptions(options as MemorySyncOptions);
     this.logger = options.logger ?? pino({ level: 'silent' });
     this.warnings = new LogLimiter(this.logger);
+    this.declarationInput = options.config ?? (process.env.MEMORY_SYNC_CONFIG || undefined);
     const o = this.options;
     this.retry = {
       ...o.retry,
       signal: this.lifetime.signal,
-      onRetry: (err, attempt) =>
-        this.warnings.warn('retry', { attempt, err }, 'database call failed; retrying'),
+      onRetry: (err, attempt) => this.warnings.warn('retry', { attempt, err }, 'database call failed; retrying'),
     };
     this.ownsPool = !options.pool;
     if (options.pool || o.databaseUrl) {
@@ -143,51 +157,45 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         options.pool ??
         createPool({ databaseUrl: o.databaseUrl!, max: o.poolSize, ivfflatProbes: o.ivfflatProbes, queryTimeoutMs: o.queryTimeoutMs, logger: this.logger });
       this._database = postgresDatabase(this._pool);
-      const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this._pool);
+      this.listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this._pool);
       if (o.bus.url) this.busConfig = parseBusUrl(o.bus.url, 'options.bus.url'); // fails here, not at start()
-      else if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
-      else this._source = new PgListenSource({
-        databaseUrl: listenUrl,
-        logger: this.logger,
-        paranoidIntervalMs: o.listener.paranoidIntervalMs,
-        queryTimeoutMs: o.listener.queryTimeoutMs,
-        backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
-      });
+      else if (!this.listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
     } else {
       this.backend = 'embedded';
       this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
-
-    this.personalityLoader = (id) => withRetry(() => loadPersonality(this.db(), id), this.retry);
-    const store: HotSetStore = {
-      count: (pid, limit) => withRetry(() => countPersonalityMemories(this.db(), pid, limit), this.retry),
-      stream: (pid, limit, onRow, signal) =>
-        withRetry(async () => void (await streamPersonalityMemories(this.db(), pid, limit, onRow, signal)), { ...this.retry, signal }),
-      fetch: (ids) => withRetry(() => fetchMemoriesByIds(this.db(), ids), this.retry),
-    };
-    this.core = new CacheCore<PersonalityWithConfig>({
-      logger: this.logger,
-      personalities: o.personalities,
-      loadPersonality: (id) => this.personalityLoader(id),
-      hotSets: { store, ...o.hotSets },
-      hooks,
-    });
-    if (this._source) this.core.connect(this._source);
-    for (const name of CORE_EVENTS) this.core.on(name, (...args: unknown[]) => (this.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args));
-    this.core.on('invalid', (reason, sample) => this.warnings.warn('invalid', { reason, sample }, 'invalid notification ignored'));
-    this.core.on('down', (reason) => this.logger.warn({ reason, source: this.source.name }, 'change source down; serving from the database'));
-    this.core.on('reconnect', (lost) => this.logger.warn({ lost, source: this.source.name }, lost ? 'change source back; caches flushed' : 'change source resumed; nothing lost'));
   }
 
-  cachePersonalitiesWith(load: PersonalityLoader): boolean {
-    this.personalityLoader = load as (id: string) => Promise<PersonalityWithConfig | null>;
-    this.core.clearPersonalities(); // what is cached has the old shape
-    return true;
+  /** The cache core (after start()). */
+  get core(): CacheCore {
+    if (!this._core) throw new DatabaseUnavailableError('memory-sync is not started yet: call start() first');
+    return this._core;
+  }
+
+  /** The declaration bound to the schema (after start()). */
+  get binding(): Binding {
+    return this.ready().binding;
+  }
+
+  /** The binding checked against the database (after start()): jobs and the index guard use it. */
+  get resolved(): Resolved {
+    return this.ready().resolved;
+  }
+
+  /** What a remote client's local cache needs of the declaration (GET /v1/schema). */
+  schemaShape(): SchemaShape {
+    const s = this.ready();
+    return {
+      channel: s.binding.channel,
+      entities: [...s.entities.values()].map((e) => e.shape),
+      collections: [...s.collections.values()].map((c) => c.shape),
+      watched: watchShape(s.binding, s.resolved.facts),
+    };
   }
 
   /** The change source: LISTEN on PostgreSQL, in-process listen on the embedded database (after start()). */
   get source(): ChangeSource {
-    if (!this._source) throw new DatabaseUnavailableError('the embedded database is not open yet: call start() first');
+    if (!this._source) throw new DatabaseUnavailableError('memory-sync is not started yet: call start() first');
     return this._source;
   }
 
@@ -207,7 +215,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     return this._pool;
   }
 
-  /** A PrismaClient on the same pool (PostgreSQL backend only), made on first use. */
+  /** A PrismaClient of memory-sync's own schema on the same pool (PostgreSQL backend only), made on first use. */
   get prisma(): PrismaClient {
     this._prisma ??= createPrisma(this.pool);
     return this._prisma;
@@ -223,29 +231,44 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     return this._database;
   }
 
+  private ready(): Schema {
+    if (!this.schema) throw new DatabaseUnavailableError('memory-sync is not started yet: call start() first');
+    return this.schema;
+  }
+
   /**
-   * Connects; resolves once the change source is up. Rejects with a
-   * PermanentError (wrong database, bad password) instead of retrying forever.
+   * Loads and binds the declaration, connects, checks the tables and the
+   * change capture; resolves once the change source is up. Rejects with a
+   * ConfigError for a declaration mistake and a PermanentError (wrong
+   * database, bad password, tables or triggers missing) instead of retrying.
    */
-  async start(): Promise<void> {
+  start(): Promise<void> {
+    // A failed start (the tables are not migrated yet, say) may be tried again.
+    this.starting ??= this.startUp().catch((err: unknown) => {
+      this.starting = undefined;
+      throw err;
+    });
+    return this.starting;
+  }
+
+  private async startUp(): Promise<void> {
+    const loaded: LoadedDeclaration =
+      typeof this.declarationInput === 'object'
+        ? { declaration: this.declarationInput, source: 'options.config', baseDir: process.cwd() }
+        : await loadDeclaration(this.declarationInput);
+    const binding = bindDeclaration(loaded);
+    const builtin = loaded.source === 'built-in';
     if (this.backend === 'embedded' && !this.embedded) {
+      if (!builtin) throw new ConfigError('DATABASE_URL', `a declaration of your own schema (${loaded.source}) needs your PostgreSQL: set DATABASE_URL`);
       this.embedded = await openEmbedded({ dataDir: this.dataDir, logger: this.logger, ivfflatProbes: this.options.ivfflatProbes });
       this._database = this.embedded.queryable;
-      this._source = new PgliteSource({ db: this.embedded.db, logger: this.logger });
-      this.core.connect(this._source);
     }
-    if (this.busConfig && !this._source) {
-      const pool = this.pool;
-      this._source = new BusSource({
-        bus: await createBus(this.busConfig, { backoff: { minMs: this.options.listener.retryMinMs, maxMs: this.options.listener.retryMaxMs } }),
-        logger: this.logger,
-        // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit.
-        notify: (token) => pool.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]),
-      });
-      this.core.connect(this._source);
-    }
-    await this.checkSchema();
-    await this.source.start();
+    const resolved = await this.checkSchema(binding);
+    this.schema = this.buildSchema(binding, resolved, builtin);
+    this._core = this.buildCore(this.schema);
+    this._source = await this.buildSource(binding);
+    this._core.connect(this._source);
+    await this._source.start();
     if (this.options.summaryIntervalMs > 0) {
       this.summaryTimer = setInterval(() => this.logger.info({ stats: this.stats() }, 'memory-sync summary'), this.options.summaryIntervalMs);
       this.summaryTimer.unref();
@@ -253,15 +276,18 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   }
 
   /**
-   * Waits out an unreachable database (with the reconnect backoff); a
-   * missing schema, wrong database or bad password rejects at once.
+   * Waits out an unreachable database (with the reconnect backoff); tables
+   * that do not match the declaration, missing triggers, a wrong database or
+   * a bad password reject at once.
    */
-  private async checkSchema(): Promise<void> {
+  private async checkSchema(binding: Binding): Promise<Resolved> {
     const signal = this.lifetime.signal;
     for (let attempt = 1; ; attempt++) {
       try {
-        await assertMigrated(this.db());
-        return;
+        const resolved = resolveAgainst(binding, await readCatalog(this.db(), binding));
+        await assertCaptureInstalled(this.db(), binding);
+        for (const u of resolved.unconstrained) this.logger.warn({ relation: u }, 'a followed relation has no foreign key: changes are still seen, but rows may point nowhere');
+        return resolved;
       } catch (err) {
         const permanent = err instanceof PermanentError ? err : toPermanent(err);
         if (permanent) throw permanent;
@@ -270,6 +296,100 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         await sleepUnlessAborted(backoffDelay(attempt), signal);
       }
     }
+  }
+
+  private buildSchema(binding: Binding, resolved: Resolved, builtin: boolean): Schema {
+    const entities = new Map<string, { shape: EntityShape; loader: EntityLoader }>();
+    for (const e of binding.entities.values()) entities.set(e.name, { shape: entityShape(binding, e, resolved.facts), loader: new EntityLoader(binding, e) });
+    const collections = new Map<string, { shape: CollectionShape; store: CollectionStore; schema: ReturnType<typeof searchSchema> }>();
+    for (const c of binding.collections.values()) {
+      const r = resolved.collections.get(c.name)!;
+      const shape = collectionShape(c, r.dimension, resolved.facts);
+      collections.set(c.name, { shape, store: new CollectionStore(binding, c, r), schema: searchSchema(shape) });
+    }
+    const personalities = builtin ? new PersonalityStore(binding, entities.get(BUILTIN.personality)!.loader) : undefined;
+    return { binding, resolved, entities, collections, personalities };
+  }
+
+  private buildCore(s: Schema): CacheCore {
+    const o = this.options;
+    const entities: EntityOptions<object>[] = [...s.entities.values()].map(({ shape, loader }) => ({
+      shape,
+      ...o.entities,
+      canon: (f) => shape.root.fields.find((x) => x.name === f)?.canon,
+      load: (index, values) => this.loadEntity(shape, loader, index, values),
+    }));
+    const collections: CollectionOptions[] = [...s.collections.values()].map(({ shape, store }) => {
+      const partitionStore: PartitionStore = {
+        count: (p, limit) => withRetry(() => store.count(this.db(), p, limit), this.retry),
+        stream: (p, limit, onRow, signal) => withRetry(async () => void (await store.stream(this.db(), p, limit, onRow, signal)), { ...this.retry, signal }),
+        fetch: (ids) => withRetry(() => store.fetch(this.db(), ids), this.retry),
+      };
+      const key = s.binding.collections.get(shape.name)!.key;
+      return {
+        shape,
+        store: partitionStore,
+        ...o.hotSets,
+        canon: shape.partitionBy.map((f) => f.canon),
+        idOrder: key.type === 'Int' || key.type === 'BigInt' ? 'numeric' : 'text',
+      };
+    });
+    const core = new CacheCore({ logger: this.logger, entities, collections, watched: watchShape(s.binding, s.resolved.facts), hooks: this.hooks });
+    for (const name of CORE_EVENTS) core.on(name, (...args: unknown[]) => (this.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args));
+    core.on('invalid', (reason, sample, ours) =>
+      ours
+        ? this.warnings.warn('invalid', { reason, sample }, 'unreadable memory-sync payload; caches flushed')
+        : this.warnings.warn('foreign', { reason, sample }, "another program's payload on memory-sync's channel ignored", 60_000),
+    );
+    core.on('wrongDimension', (collection, id, dimension) =>
+      this.warnings.warn('dimension', { collection, id, dimension, expected: s.collections.get(collection)?.shape.dimension }, 'a stored vector has another dimension than its collection: left out of searches'),
+    );
+    core.on('down', (reason) => this.logger.warn({ reason, source: this._source?.name }, 'change source down; serving from the database'));
+    core.on('reconnect', (lost) => this.logger.warn({ lost, source: this._source?.name }, lost ? 'change source back; caches flushed' : 'change source resumed; nothing lost'));
+    return core;
+  }
+
+  private async buildSource(binding: Binding): Promise<ChangeSource> {
+    const o = this.options;
+    if (this.embedded) return new PgliteSource({ db: this.embedded.db, logger: this.logger, channel: binding.channel });
+    if (this.busConfig) {
+      const pool = this.pool;
+      const channel = barrierChannel(binding.channel);
+      return new BusSource({
+        bus: await createBus(this.busConfig, { backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs } }),
+        logger: this.logger,
+        // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit.
+        notify: (token) => pool.query('SELECT pg_notify($1, $2)', [channel, token]),
+      });
+    }
+    return new PgListenSource({
+      databaseUrl: this.listenUrl!,
+      channel: binding.channel,
+      logger: this.logger,
+      paranoidIntervalMs: o.listener.paranoidIntervalMs,
+      queryTimeoutMs: o.listener.queryTimeoutMs,
+      backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
+    });
+  }
+
+  /** A miss: the loader the extension installed (the bot's Prisma), else memory-sync's own statement. */
+  private loadEntity(shape: EntityShape, loader: EntityLoader, index: number, values: readonly unknown[]): Promise<object | null> {
+    const custom = this.loaders.get(shape.name);
+    const lookup = shape.lookups[index]!;
+    if (custom) return withRetry(() => custom({ name: lookup.name, fields: lookup.fields, values }), this.retry);
+    return withRetry(() => loader.load(this.db(), index, values), this.retry);
+  }
+
+  cacheEntityWith(name: string, load: EntityLoaderFn): boolean {
+    if (!this.ready().entities.has(name)) return false;
+    this.loaders.set(name, load);
+    this.core.clearEntity(name); // what is cached has the old shape
+    return true;
+  }
+
+  /** @deprecated since 0.2: cacheEntityWith('personality', …). */
+  cachePersonalitiesWith(load: (id: string) => Promise<object | null>): boolean {
+    return this.cacheEntityWith(BUILTIN.personality, ({ values }) => load(String(values[0])));
   }
 
   /**
@@ -286,7 +406,8 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     this.closed = true;
     this.lifetime.abort();
     clearInterval(this.summaryTimer);
-    this.core.close();
+    await this.starting?.catch(() => {});
+    this._core?.close();
     await this._source?.close();
     if (this.ownsPool) {
       await this._prisma?.$disconnect().catch(() => {});
@@ -300,11 +421,147 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     return this.source.sync(timeoutMs);
   }
 
-  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const hit = this.core.peekPersonality(id);
-    if (hit !== undefined) return Promise.resolve(hit);
+  // ---------------------------------------------------------------- entities
+
+  /** A declared entity: get(id) or get({ slug }), served from the invalidated cache. */
+  entity<N extends EntityNames<D>>(name: N): EntityClient<EntityValue<D, N>> {
+    const e = this.ready().entities.get(name);
+    if (!e) throw new ConfigError('entity', `no entity ${JSON.stringify(name)} is declared (${[...this.ready().entities.keys()].join(', ') || 'none'})`);
+    const shape = e.shape;
+    return {
+      get: (where: EntityWhere) => {
+        try {
+          const { index, values } = lookupFrom(shape, where);
+          const hit = this.core.peekEntity(name, index, values);
+          if (hit !== undefined) return Promise.resolve(hit as EntityValue<D, N> | null);
+          return this.core.getEntity(name, index, values) as Promise<EntityValue<D, N> | null>;
+        } catch (err) {
+          return Promise.reject(err as Error);
+        }
+      },
+    };
+  }
+
+  /**
+   * Synchronous hit path for hot loops: the cached value (or null for a
+   * cached "none"), or undefined when only entity().get() can answer. Never
+   * a value while the change source is down.
+   */
+  peekEntity(name: EntityNames<D>, where: EntityWhere): object | null | undefined {
+    const e = this.ready().entities.get(name);
+    if (!e) return undefined;
+    const { index, values } = lookupFrom(e.shape, where);
+    return this.core.peekEntity(name, index, values);
+  }
+
+  // ------------------------------------------------------------- collections
+
+  /** A declared collection: exact search, from memory when the partition is hot. */
+  collection<N extends CollectionNames<D>>(name: N): CollectionClient {
+    const c = this.ready().collections.get(name);
+    if (!c) throw new ConfigError('collection', `no collection ${JSON.stringify(name)} is declared (${[...this.ready().collections.keys()].join(', ') || 'none'})`);
+    return { search: (input: CollectionSearch) => this.searchCollection(name, input) };
+  }
+
+  private async searchCollection(name: string, input: unknown): Promise<CollectionHit[]> {
+    const c = this.ready().collections.get(name)!;
+    const q = parseSearch(c.shape, c.schema, input);
+    const hits = await this.searchParsed(name, q);
+    return hits.map((h) => {
+      const out: Record<string, unknown> = { id: h.id, similarity: h.similarity };
+      c.shape.select.forEach((f, i) => (out[f.name] = h.values[i]));
+      return out as CollectionHit;
+    });
+  }
+
+  private async searchParsed(name: string, q: ReturnType<typeof parseSearch>): Promise<{ id: string; similarity: number; values: readonly unknown[] }[]> {
+    const c = this.ready().collections.get(name)!;
+    const unit = new Float32Array(c.shape.dimension);
+    normalizeInto(q.embedding, unit);
+    const hot = await this.core.search(name, q.partition, {
+      query: unit,
+      where: q.where.map((w) => ({ column: w.index, condition: hotCondition(c.shape.filters[w.index]!, w.condition) })),
+      limit: q.limit,
+      minSimilarity: q.minSimilarity,
+    });
+    if (hot.status === 'hit') return hot.results;
+    this.pgvectorSearches++;
+    const query: CollectionQuery = {
+      partition: q.partition,
+      where: q.where.map((w) => ({ field: w.field, condition: w.condition as CollectionQuery['where'][number]['condition'] })),
+      embedding: q.embedding,
+      limit: q.limit,
+      minSimilarity: q.minSimilarity,
+    };
+    return withRetry(() => this.pgvectorSearch(c.store, query), this.retry);
+  }
+
+  /**
+   * pgvector with the same predicate. A borrowed pool (or one behind
+   * PgBouncer) lacks our session settings, so they are set for the query.
+   * An answer shorter than `limit` is asked again without the index: an
+   * index may stop early under a selective filter, and the answer is never
+   * short because of it.
+   */
+  private async pgvectorSearch(store: CollectionStore, q: CollectionQuery) {
+    const run = (db: Queryable) => store.search(db, q);
+    const hits = this.ownsPool || this.backend === 'embedded' ? await run(this.db()) : await this.db().transaction(async (tx) => {
+      await tx.query(`SET LOCAL ivfflat.iterative_scan = relaxed_order; SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL ivfflat.probes = ${this.options.ivfflatProbes}`);
+      return run(tx);
+    });
+    if (hits.length >= q.limit) return hits;
+    return this.db().transaction(async (tx) => {
+      await tx.query('SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off');
+      return store.search(tx, q);
+    });
+  }
+
+  /** Inserts a row into a collection (`data` in Prisma field names); idempotent by id. Returns the id. */
+  async insertInto(name: CollectionNames<D> | (string & {}), data: Record<string, unknown>, embedding: Float32Array): Promise<string> {
+    const s = this.ready();
+    const c = s.collections.get(name);
+    if (!c) throw new ConfigError('collection', `no collection ${JSON.stringify(name)} is declared`);
+    const key = c.store.collection.key;
+    const id = (data[key.name] as string | undefined) ?? randomUUID();
+    const row = { ...data, [key.name]: id };
+    const { text, values } = c.store.insertStatement(s.binding, row, embedding);
+    await withRetry(() => this.db().query(text, values), this.retry);
+    const texts: Record<string, string | null> = {};
+    for (const f of c.shape.partitionBy) texts[f.name] = row[f.name] === undefined || row[f.name] === null ? null : String(row[f.name]);
+    texts[key.name] = id;
+    this.core.markWritten(c.shape.model, [texts]);
+    return id;
+  }
+
+  /** Deletes a collection row by id; false when there was none. */
+  async deleteFrom(name: CollectionNames<D> | (string & {}), id: string): Promise<boolean> {
+    const s = this.ready();
+    const c = s.collections.get(name);
+    if (!c) throw new ConfigError('collection', `no collection ${JSON.stringify(name)} is declared`);
     try {
-      return this.core.getPersonality(validateId(id));
+      return (await withRetry(() => c.store.delete(this.db(), id), this.retry)) !== null;
+    } finally {
+      // Whatever the outcome (a first attempt may commit and lose its reply): the cached copy goes now.
+      this.core.markWritten(c.shape.model, [], [[id]]);
+    }
+  }
+
+  // ------------------------------------------------------------- built-in API
+
+  private builtin(): Schema & { personalities: PersonalityStore } {
+    const s = this.ready();
+    if (!s.personalities) {
+      throw new ConfigError('config', 'this method belongs to memory-sync\'s own schema; on your declaration use entity(name).get() and collection(name).search()');
+    }
+    return s as Schema & { personalities: PersonalityStore };
+  }
+
+  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
+    try {
+      this.builtin();
+      const hit = this.core.peekEntity(BUILTIN.personality, 0, [id]);
+      if (hit !== undefined) return Promise.resolve(hit as PersonalityWithConfig | null);
+      return this.core.getEntity(BUILTIN.personality, 0, [validateId(id)]) as Promise<PersonalityWithConfig | null>;
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -316,100 +573,106 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
    * answer. Never returns a value while the change source is down.
    */
   peekPersonality(id: string): PersonalityWithConfig | null | undefined {
-    return this.core.peekPersonality(id);
+    return this.core.peekEntity(BUILTIN.personality, 0, [id]) as PersonalityWithConfig | null | undefined;
   }
 
   async upsertPersonality(rawId: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }> {
+    const s = this.builtin();
     const id = validateId(rawId);
     const body = validatePersonalityInput(input);
     try {
-      return await withRetry(() => upsertPersonality(this.db(), id, body), this.retry);
+      return (await withRetry(() => s.personalities.upsert(this.db(), id, body), this.retry)) as { personality: PersonalityWithConfig; created: boolean };
     } finally {
       // Whatever the outcome, the next read goes to the database: the write may have committed.
-      this.core.markPersonalityWritten(id);
+      this.core.markWritten(BUILTIN.personalityModel, [{ id }]);
     }
   }
 
   async deletePersonality(rawId: string): Promise<boolean> {
+    const s = this.builtin();
     const id = validateId(rawId);
     try {
-      return await withRetry(() => deletePersonality(this.db(), id), this.retry);
+      return await withRetry(() => s.personalities.delete(this.db(), id), this.retry);
     } finally {
-      this.core.markPersonalityWritten(id, true);
+      this.core.markWritten(BUILTIN.personalityModel, [], [[id]]);
+      // Its memories go with it (ON DELETE CASCADE): the partition's set goes now, not when their events arrive.
+      this.core.dropPartition(BUILTIN.memories, [id]);
     }
   }
 
   async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
+    this.builtin();
     const q = validateSearch(input);
-    const unit = new Float32Array(EMBEDDING_DIMENSION);
-    normalizeInto(q.embedding, unit);
-    const hot = await this.core.search(q.personalityId, { query: unit, channelId: q.channelId, limit: q.limit, minSimilarity: q.minSimilarity });
-    if (hot.status === 'hit') return hot.results;
-    this.pgvectorSearches++;
-    if (this.ownsPool) return withRetry(() => searchMemories(this.db(), q), this.retry);
-    // A borrowed pool (or one behind PgBouncer) lacks our session settings: without iterative
-    // scans ivfflat can return fewer rows than the filter lets through. Set them for this query.
-    const settings = `SET LOCAL ivfflat.iterative_scan = relaxed_order; SET LOCAL ivfflat.probes = ${this.options.ivfflatProbes}`;
-    return withRetry(
-      () =>
-        this.db().transaction(async (tx) => {
-          await tx.query(settings);
-          return searchMemories(tx, q);
-        }),
-      this.retry,
-    );
+    const hits = await this.searchParsed(BUILTIN.memories, {
+      partition: [q.personalityId],
+      where: q.channelId === undefined ? [] : [{ field: 'channelId', index: 0, condition: { eq: q.channelId } }],
+      embedding: q.embedding,
+      limit: q.limit,
+      minSimilarity: q.minSimilarity,
+    });
+    return hits.map((h) => {
+      const [content, channelId, createdAt, metadata] = h.values as [string, string, Date, unknown];
+      return { id: h.id, content, channelId, similarity: h.similarity, createdAt: createdAt instanceof Date ? new Date(createdAt) : createdAt, metadata };
+    });
   }
 
   async storeMemory(input: StoreInput): Promise<string> {
+    this.builtin();
     const m = validateStore(input);
-    const id = randomUUID();
     try {
-      await withRetry(() => insertMemory(this.db(), { id, ...m }), this.retry);
+      return await this.insertInto(BUILTIN.memories, { personalityId: m.personalityId, channelId: m.channelId, content: m.content, metadata: m.metadata ?? null }, m.embedding);
     } catch (err) {
-      if (err instanceof QueryError && err.sqlState === '23503') {
-        throw new NotFoundError(`personality ${m.personalityId} does not exist`);
-      }
+      if (err instanceof QueryError && err.sqlState === '23503') throw new NotFoundError(`personality ${m.personalityId} does not exist`);
       throw err;
     }
-    this.core.markMemoriesWritten([id], [m.personalityId]);
-    return id;
   }
 
   async deleteMemory(rawId: string): Promise<boolean> {
-    const id = validateId(rawId);
-    // Known before the delete: if a first attempt commits but its reply is
-    // lost, the retry finds nothing, yet the cached copy must still go.
-    const holding = this.core.holding(id);
-    try {
-      const personalityId = await withRetry(() => deleteMemoryById(this.db(), id), this.retry);
-      if (personalityId !== null && !holding.includes(personalityId)) holding.push(personalityId);
-      return personalityId !== null;
-    } finally {
-      if (holding.length) this.core.markMemoriesDeleted([id], holding);
-    }
+    this.builtin();
+    return this.deleteFrom(BUILTIN.memories, validateId(rawId));
   }
 
   stats(): MemorySyncStats {
-    const s = this.core.stats();
+    const s = this._core?.stats();
+    const sum = (pick: (e: { hits: number; misses: number; evictions: number; abortedFills: number; size: number; invalidated: number }) => number) =>
+      Object.values(s?.entities ?? {}).reduce((n, e) => n + pick(e), 0);
+    const csum = (pick: (c: { bytes: number; sets: number; vectors: number; evictions: number; wrongDimension: number }) => number) =>
+      Object.values(s?.collections ?? {}).reduce((n, c) => n + pick(c), 0);
+    const dim = this.schema ? ([...this.schema.collections.values()][0]?.shape.dimension ?? 1536) : 1536;
     return {
-      hits: s.hits,
-      misses: s.misses,
-      evictions: s.evictions,
-      invalidations: s.invalidations,
-      invalidNotifications: s.invalidNotifications,
-      reconnects: s.reconnects,
-      flushes: s.flushes,
-      hotSetBytes: s.hotSetBytes,
-      hotSets: s.hotSets,
-      hotVectors: s.hotVectors,
-      hotSearches: s.hotSearches,
+      hits: sum((e) => e.hits),
+      misses: sum((e) => e.misses),
+      evictions: sum((e) => e.evictions) + csum((c) => c.evictions),
+      invalidations: s?.invalidations ?? {},
+      invalidNotifications: s?.invalidNotifications ?? 0,
+      foreignNotifications: s?.foreignNotifications ?? 0,
+      reconnects: s?.reconnects ?? 0,
+      flushes: s?.flushes ?? 0,
+      hotSetBytes: csum((c) => c.bytes),
+      hotSets: csum((c) => c.sets),
+      hotVectors: csum((c) => c.vectors),
+      hotSearches: s?.hotSearches ?? 0,
       pgvectorSearches: this.pgvectorSearches,
-      abortedFills: s.abortedFills,
+      abortedFills: sum((e) => e.abortedFills),
+      wrongDimension: csum((c) => c.wrongDimension),
       listener: this.sourceState,
       source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : (this.busConfig?.kind ?? 'listen')),
-      kernel: nativeKernelsFit(EMBEDDING_DIMENSION).i8 ? 'usearch-int8' : 'js',
+      kernel: nativeKernelsFit(dim).i8 ? 'usearch-int8' : 'js',
+      entities: Object.fromEntries(Object.entries(s?.entities ?? {}).map(([n, e]) => [n, { size: e.size, hits: e.hits, misses: e.misses, invalidated: e.invalidated }])),
+      collections: Object.fromEntries(Object.entries(s?.collections ?? {}).map(([n, c]) => [n, { sets: c.sets, vectors: c.vectors, bytes: c.bytes, wrongDimension: c.wrongDimension }])),
     };
   }
+}
+
+
+/** A validated condition as the hot set compares it (Boolean as 1/0; DateTime already epoch ms). */
+function hotCondition(f: CollectionShape['filters'][number], c: unknown): import('../cache/hot/scan-set.js').FilterCondition {
+  if (f.type !== 'Boolean') return c as import('../cache/hot/scan-set.js').FilterCondition;
+  const b = (v: unknown) => (v === true ? 1 : v === false ? 0 : (v as number));
+  const x = c as { eq?: unknown; in?: unknown[]; notIn?: unknown[] };
+  if ('eq' in x) return { eq: x.eq === null ? null : b(x.eq) };
+  if (x.in) return { in: x.in.map(b) };
+  return { notIn: (x.notIn ?? []).map(b) };
 }
 
 /** The URL a borrowed pool connects with, for the LISTEN connection. */
@@ -419,6 +682,6 @@ function poolUrl(pool: pg.Pool): string | undefined {
 }
 
 /** Creates a client; call start() before use. */
-export function createMemorySync(options: MemorySyncOptions = {}): MemorySync {
-  return new MemorySync(options);
+export function createMemorySync<const D extends Declaration = typeof BUILTIN_DECLARATION>(options: MemorySyncOptions<D> = {}): MemorySync<D> {
+  return new MemorySync<D>(options);
 }

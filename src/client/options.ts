@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import type { Declaration } from '../schema/declaration.js';
 import { ConfigError } from '../contract/errors.js';
 import { postgresUrl, timerMs } from '../contract/primitives.js';
 
@@ -8,7 +9,7 @@ import { postgresUrl, timerMs } from '../contract/primitives.js';
 export const DEFAULTS = {
   poolSize: 10,
   listener: { paranoidIntervalMs: 5_000, queryTimeoutMs: 3_000, retryMinMs: 100, retryMaxMs: 5_000 },
-  personalities: { max: 1_000, ttlMs: 300_000, negativeTtlMs: 5_000 },
+  entities: { max: 1_000, ttlMs: 300_000, negativeTtlMs: 5_000, maxEvictions: 10_000 },
   hotSets: { maxBytes: 256 * 1024 * 1024, maxVectorsPerSet: 20_000, tooLargeTtlMs: 60_000 },
   ivfflatProbes: 1,
   queryTimeoutMs: 30_000,
@@ -18,7 +19,14 @@ export const DEFAULTS = {
 } as const;
 
 /** Options of createMemorySync(). Every field is optional. */
-export interface MemorySyncOptions {
+export interface MemorySyncOptions<D extends Declaration = Declaration> {
+  /**
+   * What to cache, on your own schema: a declaration (`defineConfig({...})`),
+   * or the path of a memory-sync.config.{ts,mjs,js,json}. Paths inside an
+   * object resolve against the working directory.
+   * @defaultValue process.env.MEMORY_SYNC_CONFIG, else memory-sync.config.* in the working directory, else the built-in declaration of memory-sync's own schema
+   */
+  config?: D | string | undefined;
   /**
    * The database. Ignored when `pool` is given (the pool's own settings win).
    * With neither, memory-sync runs on an embedded PostgreSQL (see `embedded`).
@@ -62,23 +70,32 @@ export interface MemorySyncOptions {
      */
     retryMaxMs?: number;
   };
-  personalities?: {
+  /** Each declared entity's cache. */
+  entities?: {
     /**
-     * Personalities cached.
-     * @defaultValue 1000 — a bot rarely has more; each entry is a few KB.
+     * Values cached per entity (a lookup by id and one by slug are two).
+     * @defaultValue 1000 — a bot rarely has more personalities; each entry is a few KB.
      */
     max?: number;
     /**
-     * Backstop only: notifications evict first.
+     * Backstop only: change events evict first.
      * @defaultValue 300000
      */
     ttlMs?: number;
     /**
-     * How long "no such personality" is remembered (an INSERT event also evicts it).
+     * How long "none" is remembered (an INSERT that creates it evicts it first).
      * @defaultValue 5000
      */
     negativeTtlMs?: number;
+    /**
+     * Past this many values evicted by one change (a config shared by many
+     * personalities), the entity's whole cache is dropped instead, with a log line.
+     * @defaultValue 10000
+     */
+    maxEvictions?: number;
   };
+  /** @deprecated since 0.2: `entities` (the same settings, for every entity). */
+  personalities?: { max?: number; ttlMs?: number; negativeTtlMs?: number };
   hotSets?: {
     /**
      * Total bytes of all hot sets together.
@@ -167,11 +184,12 @@ export const optionsSchema = z.object({
       retryMaxMs: timerMs().default(D.listener.retryMaxMs),
     })
     .prefault({}),
-  personalities: z
+  entities: z
     .object({
-      max: positive.default(D.personalities.max),
-      ttlMs: timerMs().default(D.personalities.ttlMs),
-      negativeTtlMs: timerMs().default(D.personalities.negativeTtlMs),
+      max: positive.default(D.entities.max),
+      ttlMs: timerMs().default(D.entities.ttlMs),
+      negativeTtlMs: timerMs().default(D.entities.negativeTtlMs),
+      maxEvictions: positive.default(D.entities.maxEvictions),
     })
     .prefault({}),
   hotSets: z
@@ -204,8 +222,9 @@ export type ResolvedOptions = z.output<typeof optionsSchema>;
 
 /** Validates options (DATABASE_URL filled in from the environment); the error names the offending option. */
 export function resolveOptions(options: MemorySyncOptions, env: Record<string, string | undefined> = process.env): ResolvedOptions {
-  const { logger: _l, pool: _p, ...rest } = options as MemorySyncOptions & { hooks?: unknown };
+  const { logger: _l, pool: _p, config: _c, personalities, ...rest } = options as MemorySyncOptions & { hooks?: unknown };
   delete (rest as { hooks?: unknown }).hooks;
+  if (personalities) rest.entities = { ...personalities, ...rest.entities };
   const embedded = { ...rest.embedded, dataDir: rest.embedded?.dataDir ?? (env.MEMORY_SYNC_DATA_DIR || undefined) };
   const bus = { url: rest.bus?.url ?? (env.MEMORY_SYNC_BUS_URL || undefined) };
   const input = { ...rest, embedded, bus, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };

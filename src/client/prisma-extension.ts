@@ -1,47 +1,57 @@
 import { Prisma } from '@prisma/client/extension';
-import type { MemoryClient } from './memory-sync.js';
+import type { EntityClient, EntityLoaderFn } from '../contract/client.js';
+import type { EntityShape, SchemaShape, TreeShape } from '../contract/shape.js';
 
 /** Prisma operations that change rows. */
-const WRITES = new Set([
-  'create',
-  'createMany',
-  'createManyAndReturn',
-  'update',
-  'updateMany',
-  'updateManyAndReturn',
-  'upsert',
-  'delete',
-  'deleteMany',
-]);
+const WRITES = new Set(['create', 'createMany', 'createManyAndReturn', 'update', 'updateMany', 'updateManyAndReturn', 'upsert', 'delete', 'deleteMany']);
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-/**
- * The id when `args` is exactly `{ where: { id } }` with a UUID, optionally with
- * `include: { llmConfig: true }`; else undefined (Prisma answers, and reports
- * a malformed id its own way).
- */
-function servable(args: unknown): { id: string; withConfig: boolean } | undefined {
-  if (typeof args !== 'object' || args === null) return undefined;
-  const { where, include, ...rest } = args as { where?: unknown; include?: unknown };
-  if (Object.keys(rest).length > 0) return undefined; // select, omit, relationLoadStrategy…
-  if (typeof where !== 'object' || where === null || Object.keys(where).length !== 1) return undefined;
-  const id = (where as { id?: unknown }).id;
-  if (typeof id !== 'string' || !UUID.test(id)) return undefined;
-  if (include === undefined) return { id: id.toLowerCase(), withConfig: false };
-  const only = typeof include === 'object' && include !== null && Object.keys(include).length === 1;
-  if (only && (include as { llmConfig?: unknown }).llmConfig === true) return { id: id.toLowerCase(), withConfig: true };
-  return undefined;
+/** What the extension needs of a client: the in-process one (started), or the remote one with `localCache`. */
+interface Memory {
+  entity(name: string): EntityClient;
+  sync(timeoutMs?: number): Promise<void>;
+  cacheEntityWith(name: string, load: EntityLoaderFn): boolean;
+  /** In process: the declaration's shapes. */
+  schemaShape?(): SchemaShape;
+  /** Remote: fetched from the sidecar. */
+  schema?(): Promise<SchemaShape>;
 }
 
-/** Prisma hands out objects the caller may change: a copy, not the cache's frozen value. */
-function copy(p: object, withConfig: boolean): object {
-  const { llmConfig, ...personality } = p as { llmConfig?: object | null };
-  if (!withConfig) return personality;
-  return { ...personality, llmConfig: llmConfig ? { ...llmConfig } : null };
+/** Structural equality of two include/omit arguments. */
+function same(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  const ka = Object.keys(a).filter((k) => (a as Record<string, unknown>)[k] !== undefined);
+  const kb = Object.keys(b).filter((k) => (b as Record<string, unknown>)[k] !== undefined);
+  return ka.length === kb.length && ka.every((k) => same((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
 }
 
-type Memory = Pick<MemoryClient, 'getPersonality' | 'sync' | 'cachePersonalitiesWith'>;
+/** The where of a declared lookup (`{ id }`, `{ slug }`, `{ ownerId_name: { … } }`), or undefined (Prisma answers). */
+function lookupWhere(shape: EntityShape, where: unknown): Record<string, unknown> | undefined {
+  if (typeof where !== 'object' || where === null) return undefined;
+  const keys = Object.keys(where);
+  if (keys.length !== 1) return undefined;
+  const value = (where as Record<string, unknown>)[keys[0]!];
+  const lookup = shape.lookups.find((l) => l.name === keys[0]);
+  if (!lookup) return undefined;
+  if (lookup.fields.length === 1) return typeof value === 'string' || typeof value === 'number' || typeof value === 'bigint' ? { [keys[0]!]: value } : undefined;
+  if (typeof value !== 'object' || value === null || Object.keys(value).length !== lookup.fields.length) return undefined;
+  return value as Record<string, unknown>;
+}
+
+/** Prisma hands out objects the caller may change: a copy, trimmed to what the call asked for. */
+function copy(node: TreeShape, value: Record<string, unknown>, withRelations: boolean): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const f of node.fields) {
+    const v = value[f.name];
+    out[f.name] = v instanceof Date ? new Date(v) : v instanceof Uint8Array ? new Uint8Array(v) : Array.isArray(v) ? structuredClone(v) : v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype ? structuredClone(v) : v;
+  }
+  if (!withRelations) return out;
+  for (const c of node.children) {
+    const v = value[c.field];
+    out[c.field] = c.list ? ((v as Record<string, unknown>[]) ?? []).map((x) => copy(c.node, x, true)) : v ? copy(c.node, v as Record<string, unknown>, true) : null;
+  }
+  return out;
+}
 
 /** What Prisma hands an interactive transaction: the client without its connection-level methods. */
 type TransactionClient<C> = Omit<C, '$connect' | '$disconnect' | '$on' | '$transaction' | '$extends' | '$use'>;
@@ -56,17 +66,33 @@ function transaction(base: { $transaction(...args: unknown[]): Promise<unknown> 
   return $transaction;
 }
 
+const delegateKey = (model: string) => model.charAt(0).toLowerCase() + model.slice(1);
+
+/** The lookup when the call is exactly `{ where }` with the declared include/omit, or with neither; else undefined. */
+function servable(shape: EntityShape, args: unknown): { where: Record<string, unknown>; withRelations: boolean } | undefined {
+  if (typeof args !== 'object' || args === null) return undefined;
+  const { where, include, omit, ...rest } = args as { where?: unknown; include?: unknown; omit?: unknown };
+  if (Object.values(rest).some((v) => v !== undefined)) return undefined; // select, relationLoadStrategy…
+  if (omit !== undefined && !same(omit, shape.omit)) return undefined;
+  if (include !== undefined && !same(include, shape.include)) return undefined;
+  // Without the declared omit, the call wants the omitted fields too: the cache has none of them.
+  if (omit === undefined && shape.omit && Object.keys(shape.omit).length) return undefined;
+  const w = lookupWhere(shape, where);
+  return w && { where: w, withRelations: include !== undefined };
+}
+
 /**
  * Cache-aside inside Prisma. With `prisma.$extends(memorySyncExtension(memory))`,
- * `personality.findUnique({ where: { id } })` (optionally with
- * `include: { llmConfig: true }`) is answered from memory-sync's cache, which
- * the database's own triggers keep in step: no TTL, no manual invalidation.
- * A miss is loaded by your Prisma client, so cached values have your schema's
- * columns and types. Every other query passes through untouched.
+ * `findUnique` and `findUniqueOrThrow` on each declared entity's model, by
+ * its id or a declared lookup, with the declared `include` (or none), are
+ * answered from memory-sync's cache, which the database's own change
+ * capture keeps in step: no TTL, no manual invalidation. A miss is loaded
+ * by your Prisma client, so cached values have your schema's exact types.
+ * Every other query passes through untouched.
  *
- * Read-your-writes: a write to personalities, LLM configs or memories through
- * the extended client, and every `$transaction` (batch or interactive),
- * resolves only after memory-sync has applied it.
+ * Read-your-writes: a write through the extended client, and every
+ * `$transaction` (batch or interactive), resolves only after memory-sync
+ * has applied it.
  *
  * `memory` is a started createMemorySync(), or a createSidecarClient() with
  * `localCache` (without one, lookups pass through and only writes wait).
@@ -74,11 +100,26 @@ function transaction(base: { $transaction(...args: unknown[]): Promise<unknown> 
 export function memorySyncExtension(memory: Memory) {
   return Prisma.defineExtension((client) => {
     // The base client: loads with it never come back through this extension.
-    const base = client as unknown as {
-      personality: { findUnique(args: unknown): Promise<object | null> };
+    const base = client as unknown as Record<string, { findUnique(args: unknown): Promise<object | null> } | undefined> & {
       $transaction(...args: unknown[]): Promise<unknown>;
     };
-    const caching = memory.cachePersonalitiesWith((id) => base.personality.findUnique({ where: { id }, include: { llmConfig: true } }));
+    let byModel: Promise<Map<string, { shape: EntityShape; caching: boolean }>> | undefined;
+    const declared = () =>
+      (byModel ??= (memory.schemaShape ? Promise.resolve(memory.schemaShape()) : memory.schema!()).then((s) => {
+        const map = new Map<string, { shape: EntityShape; caching: boolean }>();
+        for (const shape of s.entities) {
+          const delegate = base[delegateKey(shape.root.model)];
+          const args = { ...(shape.include ? { include: shape.include } : {}), ...(shape.omit ? { omit: shape.omit } : {}) };
+          const caching =
+            !!delegate &&
+            memory.cacheEntityWith(shape.name, ({ name, fields, values }) =>
+              delegate.findUnique({ where: fields.length === 1 ? { [fields[0]!]: values[0] } : { [name]: Object.fromEntries(fields.map((f, i) => [f, values[i]])) }, ...args }),
+            );
+          map.set(delegateKey(shape.root.model), { shape, caching });
+        }
+        return map;
+      }));
+    if (memory.schemaShape) void declared(); // in process: register the loaders now
     const afterWrite = async <T>(result: T): Promise<T> => {
       await memory.sync();
       return result;
@@ -87,30 +128,24 @@ export function memorySyncExtension(memory: Memory) {
       name: 'memory-sync',
       client: { $transaction: transaction(base, afterWrite) },
       query: {
-        personality: {
-          async $allOperations({ operation, args, query }) {
-            if (caching && (operation === 'findUnique' || operation === 'findUniqueOrThrow')) {
-              const hit = servable(args);
-              if (hit) {
-                const p = await memory.getPersonality(hit.id);
-                if (p) return copy(p, hit.withConfig);
+        $allModels: {
+          async $allOperations({ model, operation, args, query }) {
+            if (operation === 'findUnique' || operation === 'findUniqueOrThrow') {
+              const e = (await declared()).get(delegateKey(model));
+              const hit = e?.caching ? servable(e.shape, args) : undefined;
+              if (e && hit) {
+                let value: Record<string, unknown> | null | undefined;
+                try {
+                  value = (await memory.entity(e.shape.name).get(hit.where)) as Record<string, unknown> | null;
+                } catch {
+                  value = undefined; // a malformed id: Prisma reports it its own way
+                }
+                if (value) return copy(e.shape.root, value, hit.withRelations);
                 // findUniqueOrThrow: Prisma's own not-found error, from Prisma.
-                if (operation === 'findUnique') return null;
+                if (value === null && operation === 'findUnique') return null;
               }
               return query(args);
             }
-            const result = await query(args);
-            return WRITES.has(operation) ? afterWrite(result) : result;
-          },
-        },
-        llmConfig: {
-          async $allOperations({ operation, args, query }) {
-            const result = await query(args);
-            return WRITES.has(operation) ? afterWrite(result) : result;
-          },
-        },
-        memory: {
-          async $allOperations({ operation, args, query }) {
             const result = await query(args);
             return WRITES.has(operation) ? afterWrite(result) : result;
           },

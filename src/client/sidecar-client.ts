@@ -1,56 +1,54 @@
 import { Client, Pool } from 'undici';
+import pino from 'pino';
 import { CacheCore } from '../cache/core.js';
-import { DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../contract/errors.js';
-import type { ErrorBody } from '../contract/wire.js';
-import { PATHS } from '../contract/wire.js';
+import type {
+  CollectionClient,
+  CollectionHit,
+  CollectionSearch,
+  EntityClient,
+  EntityLoaderFn,
+  EntityWhere,
+  MemoryClient,
+  PersonalityInput,
+  PersonalityWithConfig,
+  SearchInput,
+  SimilarMemory,
+  StoreInput,
+} from '../contract/client.js';
+import { ConfigError, DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../contract/errors.js';
+import type { EntityShape, SchemaShape } from '../contract/shape.js';
+import { PATHS, type ErrorBody } from '../contract/wire.js';
+import { entityFromWire, fromWire } from '../contract/wire-values.js';
 import { EventStream } from '../sources/event-stream.js';
 import { SidecarStreamSource } from '../sources/sidecar-stream.js';
+import { lookupFrom } from '../validation/collection.js';
 import { validateId } from '../validation/memory.js';
-import pino from 'pino';
-import type { MemoryClient, PersonalityInput, PersonalityLoader, PersonalityWithConfig, SearchInput, SimilarMemory, StoreInput } from './memory-sync.js';
 
 export interface SidecarClientOptions {
   /** The sidecar's base URL, e.g. http://127.0.0.1:7420. */
   url: string;
-  /** Per request: the longest wait for the response headers, and for each gap in the body. */
+  /** Per request: the longest wait for the response headers, and for each gap in the body. @defaultValue 5000 */
   timeoutMs?: number;
+  /** @defaultValue 2000 */
   connectTimeoutMs?: number;
-  /** Keep-alive sockets to the sidecar. */
+  /** Keep-alive sockets to the sidecar. @defaultValue 16 */
   connections?: number;
-  /** An idle socket is closed after this long (the server's Keep-Alive hint wins when shorter). */
+  /** An idle socket is closed after this long (the server's Keep-Alive hint wins when shorter). @defaultValue 30000 */
   keepAliveTimeoutMs?: number;
   /**
-   * Keep personalities in this process too, kept in step by the sidecar's
+   * Keep entities in this process too, kept in step by the sidecar's
    * /v1/events stream: a hit costs no HTTP round trip. Served only while the
-   * stream is open and the sidecar's listener is up; flushed on any gap.
+   * stream is open and the sidecar's source is up; flushed on any gap.
    */
-  localCache?: { max?: number; ttlMs?: number; negativeTtlMs?: number };
+  localCache?: { max?: number; ttlMs?: number; negativeTtlMs?: number; maxEvictions?: number };
 }
 
 const JSON_HEADERS = { 'content-type': 'application/json', accept: 'application/json' };
 
-interface Timestamps {
-  createdAt: Date | string;
-  updatedAt: Date | string;
-}
-
-/** JSON carries dates as ISO strings; the in-process client returns Date. */
-function reviveDates(o: Timestamps): void {
-  o.createdAt = new Date(o.createdAt);
-  o.updatedAt = new Date(o.updatedAt);
-}
-
-function revivePersonality(body: unknown): PersonalityWithConfig {
-  const p = body as PersonalityWithConfig;
-  reviveDates(p);
-  if (p.llmConfig) reviveDates(p.llmConfig);
-  return p;
-}
-
 /** JSON has no Float32Array: JSON.stringify would write {"0":…}. */
-function toWire(input: SearchInput | StoreInput): unknown {
-  const e = (input as Partial<SearchInput> | null)?.embedding;
-  return ArrayBuffer.isView(e) ? { ...input, embedding: Array.from(e) } : input;
+function toWireBody(input: unknown): unknown {
+  const e = (input as { embedding?: unknown } | null)?.embedding;
+  return ArrayBuffer.isView(e) ? { ...(input as object), embedding: Array.from(e as Float32Array) } : input;
 }
 
 function errorFrom(status: number, body: unknown): Error {
@@ -66,22 +64,24 @@ function errorFrom(status: number, body: unknown): Error {
 }
 
 /**
- * The sidecar's HTTP API behind the same MemoryClient interface as
- * createMemorySync(): switch with one line. Keep-alive sockets (undici Pool);
- * errors are the package's error classes, and an unreachable, timed-out or
- * draining sidecar is a DatabaseUnavailableError, like a database outage
- * in-process; dates come back as Date.
+ * The sidecar's HTTP API behind the same interface as createMemorySync():
+ * switch with one line. Keep-alive sockets (undici Pool); errors are the
+ * package's error classes, and an unreachable, timed-out or draining sidecar
+ * is a DatabaseUnavailableError, like a database outage in-process; values
+ * come back with their Prisma types (Date, BigInt, Decimal, bytes).
  */
 export class SidecarClient implements MemoryClient {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly timeoutMs: number;
   private readonly connectTimeoutMs: number;
-  private readonly local: CacheCore<PersonalityWithConfig> | undefined;
-  private loader: (id: string) => Promise<PersonalityWithConfig | null> = (id) => this.fetchPersonality(id);
   private readonly source: SidecarStreamSource | undefined;
+  private local: CacheCore | undefined;
+  private shapes: Promise<SchemaShape> | undefined;
+  private readonly loaders = new Map<string, EntityLoaderFn>();
+  private closed = false;
 
-  constructor(options: SidecarClientOptions) {
+  constructor(private readonly options: SidecarClientOptions) {
     const url = new URL(options.url);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 5_000;
@@ -91,44 +91,137 @@ export class SidecarClient implements MemoryClient {
       keepAliveTimeout: options.keepAliveTimeoutMs ?? 30_000,
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
-      connect: { timeout: options.connectTimeoutMs ?? 2_000 },
+      connect: { timeout: this.connectTimeoutMs },
     });
     if (options.localCache) {
       const stream = new EventStream(new Client(url.origin, { connect: { timeout: this.connectTimeoutMs } }), this.basePath + PATHS.events);
       this.source = new SidecarStreamSource(stream, (token, timeoutMs) => this.requestSync(token, timeoutMs));
-      const lc = options.localCache;
-      // The same core, and so the same rules, as the sidecar's own cache; personalities only.
-      this.local = new CacheCore<PersonalityWithConfig>({
-        logger: pino({ level: 'silent' }),
-        personalities: { max: lc.max ?? 1_000, ttlMs: lc.ttlMs ?? 300_000, negativeTtlMs: lc.negativeTtlMs ?? 5_000 },
-        loadPersonality: (id) => this.loader(id),
-      });
-      this.local.connect(this.source);
       void this.source.start();
+      // The cache is made once the sidecar says what it declares; until then lookups go over HTTP.
+      void this.schema()
+        .then((s) => this.makeLocal(s))
+        .catch(() => {});
     }
   }
 
-  /** The local cache's core, when enabled: `serving`, `stats()`, and its events (up, down, invalidation, flush). */
-  get localCache(): CacheCore<PersonalityWithConfig> | undefined {
+  /** What the sidecar declares (GET /v1/schema), fetched once. */
+  schema(): Promise<SchemaShape> {
+    this.shapes ??= this.call('GET', PATHS.schema).then((r) => this.expect(r, 200) as SchemaShape);
+    this.shapes.catch(() => (this.shapes = undefined)); // a failure is retried on next use
+    return this.shapes;
+  }
+
+  private makeLocal(s: SchemaShape): void {
+    if (this.local || this.closed || !this.source) return;
+    const lc = this.options.localCache!;
+    // The same core, and so the same rules, as the sidecar's own cache; entities only.
+    this.local = new CacheCore({
+      logger: pino({ level: 'silent' }),
+      watched: s.watched,
+      entities: s.entities.map((shape) => ({
+        shape,
+        max: lc.max ?? 1_000,
+        ttlMs: lc.ttlMs ?? 300_000,
+        negativeTtlMs: lc.negativeTtlMs ?? 5_000,
+        maxEvictions: lc.maxEvictions ?? 10_000,
+        canon: (f) => shape.root.fields.find((x) => x.name === f)?.canon,
+        load: (index, values) => this.loadEntity(shape, index, values),
+      })),
+    });
+    this.local.connect(this.source);
+  }
+
+  /** The local cache's core, once made (with `localCache`): `serving`, `stats()`, and its events. */
+  get localCache(): CacheCore | undefined {
     return this.local;
   }
 
-  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const hit = this.local?.peekPersonality(id);
-    return hit === undefined ? this.getPersonalitySlow(id) : Promise.resolve(hit);
+  /** Resolves once the local cache exists (or at once without `localCache`). */
+  async ready(): Promise<void> {
+    if (!this.options.localCache) return;
+    this.makeLocal(await this.schema());
   }
 
-  private async getPersonalitySlow(id: string): Promise<PersonalityWithConfig | null> {
-    const key = validateId(id);
-    return this.local ? this.local.getPersonality(key) : this.fetchPersonality(key);
+  private entityShape(s: SchemaShape, name: string): EntityShape {
+    const shape = s.entities.find((e) => e.name === name);
+    if (!shape) throw new ConfigError('entity', `the sidecar declares no entity ${JSON.stringify(name)} (${s.entities.map((e) => e.name).join(', ') || 'none'})`);
+    return shape;
+  }
+
+  private loadEntity(shape: EntityShape, index: number, values: readonly unknown[]): Promise<object | null> {
+    const custom = this.loaders.get(shape.name);
+    const lookup = shape.lookups[index]!;
+    if (custom) return custom({ name: lookup.name, fields: lookup.fields, values });
+    return this.fetchEntity(shape, index, values);
+  }
+
+  private async fetchEntity(shape: EntityShape, index: number, values: readonly unknown[]): Promise<object | null> {
+    const lookup = shape.lookups[index]!;
+    const name = encodeURIComponent(shape.name);
+    const path =
+      index === 0 && lookup.fields.length === 1
+        ? `${PATHS.entities}${name}/${encodeURIComponent(String(values[0]))}`
+        : `${PATHS.entities}${name}?${lookup.fields.map((f, i) => `${encodeURIComponent(f)}=${encodeURIComponent(String(values[i]))}`).join('&')}`;
+    const r = await this.call('GET', path);
+    if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return null;
+    return entityFromWire(shape.root, this.expect(r, 200));
+  }
+
+  entity(name: string): EntityClient {
+    return {
+      get: async (where: EntityWhere) => {
+        const s = await this.schema();
+        const shape = this.entityShape(s, name);
+        const { index, values } = lookupFrom(shape, where);
+        this.makeLocal(s);
+        const local = this.local;
+        if (!local) return (await this.fetchEntity(shape, index, values)) as Record<string, unknown> | null;
+        const hit = local.peekEntity(name, index, values);
+        if (hit !== undefined) return hit as Record<string, unknown> | null;
+        return (await local.getEntity(name, index, values)) as Record<string, unknown> | null;
+      },
+    };
+  }
+
+  collection(name: string): CollectionClient {
+    return {
+      search: async (input: CollectionSearch) => {
+        const s = await this.schema();
+        const shape = s.collections.find((c) => c.name === name);
+        if (!shape) throw new ConfigError('collection', `the sidecar declares no collection ${JSON.stringify(name)}`);
+        const r = await this.call('POST', `${PATHS.collections}${encodeURIComponent(name)}/search`, toWireBody(input));
+        const { results } = this.expect(r, 200) as { results: Record<string, unknown>[] };
+        for (const h of results) for (const f of shape.select) h[f.name] = fromWire(f, h[f.name]);
+        return results as CollectionHit[];
+      },
+    };
   }
 
   /** Only with `localCache`: the bot process loads and caches, the sidecar's stream invalidates. */
-  cachePersonalitiesWith(load: PersonalityLoader): boolean {
-    if (!this.local) return false;
-    this.loader = load as (id: string) => Promise<PersonalityWithConfig | null>;
-    this.local.clearPersonalities();
+  cacheEntityWith(name: string, load: EntityLoaderFn): boolean {
+    if (!this.options.localCache) return false;
+    this.loaders.set(name, load);
+    this.local?.clearEntity(name);
     return true;
+  }
+
+  /** @deprecated since 0.2: cacheEntityWith('personality', …). */
+  cachePersonalitiesWith(load: (id: string) => Promise<object | null>): boolean {
+    return this.cacheEntityWith('personality', ({ values }) => load(String(values[0])));
+  }
+
+  getPersonality(id: string): Promise<PersonalityWithConfig | null> {
+    const key = (() => {
+      try {
+        return validateId(id);
+      } catch (err) {
+        return err as Error;
+      }
+    })();
+    if (key instanceof Error) return Promise.reject(key);
+    const hit = this.local?.peekEntity('personality', 0, [key]);
+    if (hit !== undefined) return Promise.resolve(hit as PersonalityWithConfig | null);
+    return this.entity('personality').get(key) as Promise<PersonalityWithConfig | null>;
   }
 
   /**
@@ -145,21 +238,15 @@ export class SidecarClient implements MemoryClient {
     this.expect(r, 204);
   }
 
-  private async fetchPersonality(id: string): Promise<PersonalityWithConfig | null> {
-    const r = await this.call('GET', PATHS.personality + validateId(id));
-    if (r.status === 404 && (r.body as Partial<ErrorBody>).code === 'not_found') return null;
-    return revivePersonality(this.expect(r, 200));
-  }
-
   async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
-    const r = await this.call('POST', PATHS.search, toWire(input));
+    const r = await this.call('POST', PATHS.search, toWireBody(input));
     const { results } = this.expect(r, 200) as { results: SimilarMemory[] };
     for (const m of results) m.createdAt = new Date(m.createdAt);
     return results;
   }
 
   async storeMemory(input: StoreInput): Promise<string> {
-    const r = await this.call('POST', PATHS.memories, toWire(input));
+    const r = await this.call('POST', PATHS.memories, toWireBody(input));
     return (this.expect(r, 201) as { id: string }).id;
   }
 
@@ -168,9 +255,10 @@ export class SidecarClient implements MemoryClient {
     try {
       const r = await this.call('PUT', PATHS.personality + key, input);
       if (r.status !== 200 && r.status !== 201) throw errorFrom(r.status, r.body);
-      return { personality: revivePersonality(r.body), created: r.status === 201 };
+      const shape = this.entityShape(await this.schema(), 'personality');
+      return { personality: entityFromWire(shape.root, r.body) as unknown as PersonalityWithConfig, created: r.status === 201 };
     } finally {
-      this.local?.markPersonalityWritten(key);
+      this.local?.markWritten('Personality', [{ id: key }]);
     }
   }
 
@@ -182,7 +270,7 @@ export class SidecarClient implements MemoryClient {
       this.expect(r, 204);
       return true;
     } finally {
-      this.local?.markPersonalityWritten(key, true);
+      this.local?.markWritten('Personality', [], [[key]]);
     }
   }
 
@@ -195,6 +283,7 @@ export class SidecarClient implements MemoryClient {
 
   /** Closes the keep-alive sockets once requests in flight are done. */
   async close(): Promise<void> {
+    this.closed = true;
     this.local?.close();
     await this.source?.close();
     await this.pool.close();
@@ -239,6 +328,7 @@ export class SidecarClient implements MemoryClient {
     return { status: res.statusCode, body };
   }
 }
+
 
 /** A client for a running `memory-sync start`; the same methods as createMemorySync(). */
 export function createSidecarClient(options: SidecarClientOptions): SidecarClient {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { invalidationSchema, type ChangeEvent } from './change-event.js';
+import { changeEventSchema, type ChangeEvent } from './change-event.js';
 
 /*
  * Fleet mode: relays LISTEN and publish each change to a bus (NATS JetStream
@@ -21,7 +21,7 @@ export const barrierToken = z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'must b
  */
 export const busMessageSchema = z.discriminatedUnion('kind', [
   /** A change event exactly as the trigger sent it. */
-  z.object({ v: z.literal(1), kind: z.literal('change'), event: invalidationSchema }),
+  z.object({ v: z.literal(1), kind: z.literal('change'), event: changeEventSchema }),
   /** A sync() barrier token that came through PostgreSQL after every change committed before it. */
   z.object({ v: z.literal(1), kind: z.literal('barrier'), token: barrierToken }),
   /** A notification on the change channel that a relay could not read but that may be a change in a newer format: subscribers flush. */
@@ -66,10 +66,10 @@ const digest = (s: string): string => createHash('sha256').update(s).digest('bas
 /**
  * The message id the bus deduplicates on, the same in every relay.
  *
- * change: `c.<txid>.<table>.<op>.<chunk>.<digest>`. The digest (96 bits of
+ * change: `c.<txid or commit LSN>.<model>.<op>.<chunk>.<digest>`. The digest (96 bits of
  * SHA-256 over the canonical event) is there because txid/table/op/chunk
  * alone do not name one event: two `INSERT`s into `memories` in one
- * transaction send two different events with equal txid, table, op and chunk,
+ * transaction send two different events with equal txid, model, op and chunk,
  * and the second would be dropped as a duplicate. PostgreSQL already folds
  * identical payloads within a transaction, so hashing the whole event drops
  * nothing it would have delivered.
@@ -81,7 +81,7 @@ export function busMessageId(m: BusMessage): string {
   switch (m.kind) {
     case 'change': {
       const e = m.event;
-      return `c.${e.txid}.${e.table}.${e.op}.${e.chunk}.${digest(canonicalJson(e))}`;
+      return `c.${e.lsn ? e.lsn.replace('/', '-') : e.txid}.${e.model}.${e.op}.${e.chunk}.${digest(canonicalJson(e))}`;
     }
     case 'barrier':
       return m.token;

@@ -6,7 +6,7 @@ export type { ErrorCode };
 export interface ErrorBody {
   /** Human-readable; for validation errors "<field>: <reason>", as ValidationError.message. */
   error: string;
-  /** Which error class the remote client throws; HTTP_STATUS (src/errors.ts) gives the status. */
+  /** Which error class the remote client throws; HTTP_STATUS (src/contract/errors.ts) gives the status. */
   code: ErrorCode;
   /** The offending input, for codes "validation" and "conflict" (e.g. "embedding", "personalityId", "name"). */
   field?: string;
@@ -16,6 +16,12 @@ export interface ErrorBody {
 
 export const PATHS = {
   personality: '/v1/personalities/',
+  /** `/v1/entities/:entity/:id` and `/v1/entities/:entity?<lookup>=<value>`. */
+  entities: '/v1/entities/',
+  /** `/v1/collections/:collection/search`. */
+  collections: '/v1/collections/',
+  /** What the sidecar declares, for the remote client's local cache. */
+  schema: '/v1/schema',
   search: '/v1/memories/search',
   memories: '/v1/memories',
   memory: '/v1/memories/',

@@ -130,9 +130,9 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
     if (barrierToken.safeParse(token).success) enqueue(barrierMessage(token));
     else log.warn({ token: token.slice(0, 100) }, 'barrier token ignored: not a valid token');
   };
-  const onInvalid = (reason: string, sample: string, bytes: number, structured: boolean) => {
-    // Unstructured noise on the channel is not a change; a JSON object may be one in a newer format.
-    if (!structured) return;
+  const onInvalid = (reason: string, sample: string, bytes: number, ours: boolean) => {
+    // Another program's payload on the channel is not a change; an unreadable one of ours may be one in a newer format.
+    if (!ours) return;
     enqueue({ v: 1, kind: 'invalid', reason: reason.slice(0, 1000), sample: sample.slice(0, 1000), bytes });
   };
   const onUp = (info: UpInfo) => {

@@ -1,10 +1,12 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { JobsConfig } from '../config.js';
-import { guardVectorIndex } from './index-guard.js';
+import type { Binding } from '../schema/binding.js';
+import type { Resolved } from '../schema/catalog.js';
+import { deleteExpired, enforceCap, type BatchOptions } from '../store/retention.js';
+import { guardVectorIndexes } from './index-guard.js';
 import { JOB_LOCKS, Scheduler, withJobLock, type Connect, type ScheduledJob } from './jobs.js';
 import type { SidecarMetrics } from './metrics.js';
-import { deleteExpiredHistory, enforceMemoryCap, type BatchOptions } from '../store/retention.js';
 
 export interface MaintenanceDeps {
   /** Each job run gets a connection of its own (never a pool connection). */
@@ -12,6 +14,9 @@ export interface MaintenanceDeps {
   logger: Logger;
   metrics: SidecarMetrics;
   config: JobsConfig;
+  /** The jobs run only on what the declaration names for them. */
+  binding: Binding;
+  resolved: Resolved;
 }
 
 /** Wraps a locked job with its log lines and metrics; never throws. */
@@ -50,35 +55,45 @@ function locked(
   };
 }
 
-/** The maintenance jobs the configuration turns on. */
+/**
+ * The maintenance jobs the declaration and configuration turn on: the
+ * retention jobs only where the declaration names them (a bot's own schema
+ * gets none unless declared), MEMORY_SYNC_HISTORY_TTL_DAYS and
+ * MEMORY_SYNC_MEMORY_CAP override their numbers (0 turns one off).
+ */
 export function maintenanceJobs(deps: MaintenanceDeps): ScheduledJob[] {
-  const { config } = deps;
-  const jobs: ScheduledJob[] = [
-    {
+  const { config, binding } = deps;
+  const jobs: ScheduledJob[] = [];
+  if (binding.collections.size) {
+    jobs.push({
       name: 'index-guard',
       intervalMs: config.indexGuardIntervalMs,
       run: locked(deps, 'index-guard', JOB_LOCKS.indexGuard, async (db) => {
-        const outcome = await guardVectorIndex(db, deps.logger);
+        const outcome = await guardVectorIndexes(db, binding, deps.resolved, deps.logger);
         if (outcome === 'recreated') deps.metrics.indexRebuilt();
         return { outcome };
       }),
-    },
-  ];
+    });
+  }
   // History and the cap run one after the other: one extra connection at a time.
   const retention: Array<(signal: AbortSignal) => Promise<void>> = [];
-  if (config.historyTtlDays > 0) {
+  const history = binding.jobs.historyTtl;
+  const days = config.historyTtlDays ?? history?.days ?? 0;
+  if (history && days > 0) {
     retention.push(
       locked(deps, 'history-ttl', JOB_LOCKS.history, async (db, batch) => ({
-        ...(await deleteExpiredHistory(db, { ...batch, ttlDays: config.historyTtlDays })),
-        ttlDays: config.historyTtlDays,
+        ...(await deleteExpired(db, binding, history, { ...batch, days })),
+        ttlDays: days,
       })),
     );
   }
-  if (config.memoryCap > 0) {
+  const cap = binding.jobs.memoryCap;
+  const keep = config.memoryCap ?? cap?.keep ?? 0;
+  if (cap && keep > 0) {
     retention.push(
       locked(deps, 'memory-cap', JOB_LOCKS.memoryCap, async (db, batch) => ({
-        ...(await enforceMemoryCap(db, { ...batch, cap: config.memoryCap })),
-        cap: config.memoryCap,
+        ...(await enforceCap(db, binding, cap, { ...batch, keep })),
+        cap: keep,
       })),
     );
   }

@@ -13,7 +13,7 @@ const QUEUE_QUERY_TIMEOUT_MS = 2_000;
  */
 export class SidecarMetrics {
   readonly registry = new Registry();
-  private readonly invalidations: Counter<'table' | 'operation' | 'action'>;
+  private readonly invalidations: Counter<'model' | 'operation' | 'action'>;
   private readonly invalid: Counter;
   private readonly reconnects: Counter;
   private readonly lag: Histogram;
@@ -37,15 +37,40 @@ export class SidecarMetrics {
           this.inc(pick(client.stats()));
         },
       });
-    fromStats('cache_hits_total', 'Personality lookups answered from the cache.', (s) => s.hits);
-    fromStats('cache_misses_total', 'Personality lookups that read the database.', (s) => s.misses);
+    fromStats('cache_hits_total', 'Entity lookups answered from the cache (all entities).', (s) => s.hits);
+    fromStats('cache_misses_total', 'Entity lookups that read the database (all entities).', (s) => s.misses);
+    fromStats('foreign_notifications_total', "Other programs' payloads on memory-sync's channel (ignored, never flushed on).", (s) => s.foreignNotifications);
+    const perEntity = (name: string, help: string, pick: (e: MemorySyncStats['entities'][string]) => number) =>
+      new Counter({
+        name: PREFIX + name,
+        help,
+        labelNames: ['entity'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [entity, e] of Object.entries(client.stats().entities)) this.inc({ entity }, pick(e));
+        },
+      });
+    perEntity('entity_hits_total', 'Lookups answered from the cache, by entity.', (e) => e.hits);
+    perEntity('entity_misses_total', 'Lookups that read the database, by entity.', (e) => e.misses);
+    perEntity('entity_invalidated_total', 'Cached values dropped because a change named one of their rows, by entity.', (e) => e.invalidated);
+    new Counter({
+      name: PREFIX + 'wrong_dimension_rows_total',
+      help: "Stored vectors left out of hot sets because their dimension is not the collection's, by collection.",
+      labelNames: ['collection'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [collection, c] of Object.entries(client.stats().collections)) this.inc({ collection }, c.wrongDimension);
+      },
+    });
     fromStats('cache_evictions_total', 'Entries evicted for space (personalities and hot sets).', (s) => s.evictions);
     fromStats('cache_flushes_total', 'Whole-cache flushes (reconnects, TRUNCATE, table-scope events).', (s) => s.flushes);
 
     this.invalidations = new Counter({
       name: PREFIX + 'invalidations_total',
-      help: 'Notifications applied, by table, operation and action taken.',
-      labelNames: ['table', 'operation', 'action'],
+      help: 'Change events applied, by Prisma model, operation and action taken.',
+      labelNames: ['model', 'operation', 'action'],
       registers,
     });
     this.invalid = new Counter({
@@ -156,13 +181,13 @@ export class SidecarMetrics {
     });
     this.indexRebuilds = new Counter({
       name: PREFIX + 'vector_index_rebuilds_total',
-      help: 'Times the index guard recreated idx_memories_embedding.',
+      help: 'Times the index guard recreated a collection\'s vector index.',
       registers,
     });
   }
 
   invalidation({ event, action, lagMs }: InvalidationInfo): void {
-    this.invalidations.inc({ table: event.table, operation: event.op, action });
+    this.invalidations.inc({ model: event.model, operation: event.op, action });
     this.lag.observe(Math.max(0, lagMs) / 1000);
   }
 

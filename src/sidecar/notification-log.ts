@@ -10,24 +10,24 @@ export interface NotificationLogOptions {
 }
 
 interface Aggregate {
-  table: string;
+  model: string;
   op: string;
   action: InvalidationAction;
   count: number;
-  ids: number;
-  personalities: number;
+  rows: number;
+  gone: number;
   maxLagMs: number;
   sumLagMs: number;
 }
 
-/** Personality ids listed on one line; the count is always there. */
+/** Key tuples listed on one line; the counts are always there. */
 const MAX_LISTED_IDS = 10;
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
 /**
  * One info line per notification, up to `ratePerSecond` per window; past
- * that, one summary line per (table, op, action) when the window ends. So a
+ * that, one summary line per (model, op, action) when the window ends. So a
  * flood costs at most rate + (distinct keys) lines per second.
  */
 export class NotificationLog {
@@ -56,12 +56,13 @@ export class NotificationLog {
       this.options.logger.info(
         {
           source: info.source,
-          table: event.table,
+          model: event.model,
           op: event.op,
           scope: event.scope,
-          ids: event.ids.length,
-          personalities: event.personalityIds.length,
-          personalityIds: event.personalityIds.slice(0, MAX_LISTED_IDS),
+          rows: event.rows.length,
+          gone: event.gone.length,
+          fields: event.fields,
+          keys: event.rows.slice(0, MAX_LISTED_IDS),
           txid: event.txid,
           chunk: event.chunk,
           chunks: event.chunks,
@@ -72,15 +73,15 @@ export class NotificationLog {
       );
       return;
     }
-    const key = `${event.table} ${event.op} ${action}`;
+    const key = `${event.model} ${event.op} ${action}`;
     let agg = this.pending.get(key);
     if (!agg) {
-      agg = { table: event.table, op: event.op, action, count: 0, ids: 0, personalities: 0, maxLagMs: 0, sumLagMs: 0 };
+      agg = { model: event.model, op: event.op, action, count: 0, rows: 0, gone: 0, maxLagMs: 0, sumLagMs: 0 };
       this.pending.set(key, agg);
     }
     agg.count++;
-    agg.ids += event.ids.length;
-    agg.personalities += event.personalityIds.length;
+    agg.rows += event.rows.length;
+    agg.gone += event.gone.length;
     agg.maxLagMs = Math.max(agg.maxLagMs, lagMs);
     agg.sumLagMs += lagMs;
     if (!this.timer) {
@@ -96,12 +97,12 @@ export class NotificationLog {
     for (const a of this.pending.values()) {
       this.options.logger.info(
         {
-          table: a.table,
+          model: a.model,
           op: a.op,
           action: a.action,
           count: a.count,
-          ids: a.ids,
-          personalities: a.personalities,
+          rows: a.rows,
+          gone: a.gone,
           maxLagMs: round(a.maxLagMs),
           avgLagMs: round(a.sumLagMs / a.count),
         },

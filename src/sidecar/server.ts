@@ -1,6 +1,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import type { MemoryClient } from '../client/memory-sync.js';
+import type { Declaration } from '../schema/declaration.js';
+import type { MemorySync } from '../client/memory-sync.js';
 import type { EventHub } from './events.js';
 import { toHttpError } from './http-errors.js';
 import type { SidecarMetrics } from './metrics.js';
@@ -10,7 +11,7 @@ import { apiRoutes } from './routes/api.js';
 import { opsRoutes } from './routes/ops.js';
 
 export interface ServerDeps {
-  client: MemoryClient;
+  client: MemorySync<Declaration>;
   listenerState: () => string;
   readiness: Readiness;
   metrics: SidecarMetrics;

@@ -6,15 +6,19 @@ import { toPermanent } from '../backend/retry.js';
 import { DatabaseUnavailableError } from '../contract/errors.js';
 import { Barriers } from './barriers.js';
 import { backoffDelay, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
-import { INVALIDATION_CHANNEL, parsePayload } from '../contract/change-event.js';
+import { barrierChannel, DEFAULT_CHANNEL, parsePayload } from '../contract/change-event.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
 
-/** Our own channel for sync(): a marker we send arrives after every notification committed before it. */
-export const BARRIER_CHANNEL = 'memory_sync_barrier';
 
 export interface PgListenOptions {
   /** The LISTEN connection's URL: a direct connection, never through a transaction pooler. */
   databaseUrl: string;
+  /**
+   * The generated triggers' channel (the declaration's `channel`); sync()
+   * markers go on `<channel>_barrier`.
+   * @defaultValue "memory_sync"
+   */
+  channel?: string;
   logger: Logger;
   /** How often the idle connection is probed; bounds how long a half-open socket goes unnoticed. */
   paranoidIntervalMs: number;
@@ -62,9 +66,13 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   private readonly barriers = new Barriers();
   private queue: Promise<unknown> = Promise.resolve();
   private started: { resolve: () => void; reject: (err: Error) => void } | undefined;
+  private readonly channel: string;
+  private readonly barrierChannel: string;
 
   constructor(private readonly options: PgListenOptions) {
     super();
+    this.channel = options.channel ?? DEFAULT_CHANNEL;
+    this.barrierChannel = barrierChannel(this.channel);
   }
 
   get state(): SourceState {
@@ -103,7 +111,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   sync(timeoutMs = 5_000): Promise<void> {
     const client = this.client;
     if (!client || this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
-    return this.barriers.wait(timeoutMs, (token) => this.serial(client, 'SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]));
+    return this.barriers.wait(timeoutMs, (token) => this.serial(client, 'SELECT pg_notify($1, $2)', [this.barrierChannel, token]));
   }
 
   private async run(): Promise<void> {
@@ -160,8 +168,8 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
     // close() destroys the socket; pg's connect() never settles for a socket destroyed before it
     // connected, so the wait ends on the abort as well.
     await unlessAborted(client.connect(), this.stop.signal);
-    await this.serial(client, `LISTEN ${INVALIDATION_CHANNEL}`);
-    await this.serial(client, `LISTEN ${BARRIER_CHANNEL}`);
+    await this.serial(client, `LISTEN ${this.channel}`);
+    await this.serial(client, `LISTEN ${this.barrierChannel}`);
     return client;
   }
 
@@ -229,7 +237,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
   private onNotification(channel: string, raw: string | undefined): void {
     const receivedAt = nowMs();
     try {
-      if (channel === BARRIER_CHANNEL) {
+      if (channel === this.barrierChannel) {
         const token = raw ?? '';
         this.emit('barrier', token);
         this.barriers.seen(token);
@@ -241,7 +249,7 @@ export class PgListenSource extends EventEmitter<ChangeSourceEvents> implements 
       }
       const parsed = parsePayload(raw);
       if (parsed.ok) this.emit('change', parsed.event, receivedAt);
-      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes, parsed.structured);
+      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes, parsed.ours);
     } catch (err) {
       // A throwing handler must not unwind into pg's socket parser.
       this.options.logger.error({ err }, 'change handler failed');

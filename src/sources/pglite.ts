@@ -3,14 +3,16 @@ import type { PGliteInterface } from '@electric-sql/pglite';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, PermanentError } from '../contract/errors.js';
 import { Barriers } from './barriers.js';
-import { INVALIDATION_CHANNEL, parsePayload } from '../contract/change-event.js';
-import { BARRIER_CHANNEL, nowMs } from './pg-listen.js';
+import { barrierChannel, DEFAULT_CHANNEL, parsePayload } from '../contract/change-event.js';
+import { nowMs } from './pg-listen.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
 
 export interface PgliteSourceOptions {
   /** The embedded database the writes go through (src/backend/embedded.ts). */
   db: PGliteInterface;
   logger: Logger;
+  /** The generated triggers' channel. @defaultValue "memory_sync" */
+  channel?: string;
 }
 
 /**
@@ -27,9 +29,13 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
   private _state: SourceState = 'idle';
   private readonly unlisten: Array<() => Promise<void>> = [];
   private readonly barriers = new Barriers();
+  private readonly channel: string;
+  private readonly barrierChannel: string;
 
   constructor(private readonly options: PgliteSourceOptions) {
     super();
+    this.channel = options.channel ?? DEFAULT_CHANNEL;
+    this.barrierChannel = barrierChannel(this.channel);
   }
 
   get state(): SourceState {
@@ -45,8 +51,8 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
     this._state = 'connecting';
     const { db } = this.options;
     try {
-      this.unlisten.push(await db.listen(INVALIDATION_CHANNEL, (payload) => this.onNotification(INVALIDATION_CHANNEL, payload)));
-      this.unlisten.push(await db.listen(BARRIER_CHANNEL, (payload) => this.onNotification(BARRIER_CHANNEL, payload)));
+      this.unlisten.push(await db.listen(this.channel, (payload) => this.onNotification(this.channel, payload)));
+      this.unlisten.push(await db.listen(this.barrierChannel, (payload) => this.onNotification(this.barrierChannel, payload)));
     } catch (err) {
       // In process there is nothing to wait for: a closed or broken database stays so.
       await this.stopListening();
@@ -71,7 +77,7 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
    */
   sync(timeoutMs = 5_000): Promise<void> {
     if (this._state !== 'up') return Promise.reject(new DatabaseUnavailableError(`change source is ${this._state}`));
-    return this.barriers.wait(timeoutMs, (token) => this.options.db.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]));
+    return this.barriers.wait(timeoutMs, (token) => this.options.db.query('SELECT pg_notify($1, $2)', [this.barrierChannel, token]));
   }
 
   async close(): Promise<void> {
@@ -96,7 +102,7 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
     if (this.closed) return;
     const receivedAt = nowMs();
     try {
-      if (channel === BARRIER_CHANNEL) {
+      if (channel === this.barrierChannel) {
         this.emit('barrier', raw);
         this.barriers.seen(raw);
         return;
@@ -107,7 +113,7 @@ export class PgliteSource extends EventEmitter<ChangeSourceEvents> implements Ch
       }
       const parsed = parsePayload(raw);
       if (parsed.ok) this.emit('change', parsed.event, receivedAt);
-      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes, parsed.structured);
+      else this.emit('invalid', parsed.reason, parsed.sample, parsed.bytes, parsed.ours);
     } catch (err) {
       // PGlite calls listeners from a microtask: a throw there is an uncaught exception.
       this.options.logger.error({ err }, 'change handler failed');

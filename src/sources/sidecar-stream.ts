@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { DatabaseUnavailableError } from '../contract/errors.js';
-import { invalidationSchema } from '../contract/change-event.js';
+import { changeEventSchema } from '../contract/change-event.js';
 import type { EventStream, StreamEvent } from './event-stream.js';
 import { nowMs } from './pg-listen.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
@@ -108,7 +108,7 @@ export class SidecarStreamSource extends EventEmitter<ChangeSourceEvents> implem
       }
       case 'invalidation': {
         const { action: _a, lagMs: _l, source: _s, ...rest } = d;
-        const parsed = invalidationSchema.safeParse(rest);
+        const parsed = changeEventSchema.safeParse(rest);
         if (parsed.success) this.emit('change', parsed.data, nowMs());
         else this.emit('invalid', `invalidation event: ${parsed.error.issues[0]?.message ?? 'invalid'}`, JSON.stringify(d).slice(0, 200), 0, true);
         return;

@@ -20,10 +20,11 @@ export interface ChangeSourceEvents {
   /** A validated change, in commit order. `receivedAt` is epoch ms with a fraction (performance clock), like the event's `ts`. */
   change: [event: ChangeEvent, receivedAt: number];
   /**
-   * Input that is not a change we can read. `structured`: it was a JSON
-   * object, so it may be a real change in a newer format; the core flushes.
+   * Input that is not a change we can read. `ours`: it says it is
+   * memory-sync's (a newer or broken trigger), so the core flushes; another
+   * program's payload on the channel is only counted.
    */
-  invalid: [reason: string, sample: string, bytes: number, structured: boolean];
+  invalid: [reason: string, sample: string, bytes: number, ours: boolean];
   /** Every change committed before now that was delivered has been emitted; caches may serve again. */
   up: [info: UpInfo];
   /** Changes may be going missing from now on: caches stop serving until `up`. */

@@ -1,8 +1,17 @@
-import { ConflictError } from '../contract/errors.js';
-import type { LlmConfigInput, PersonalityInput } from '../validation/personality.js';
 import type { Database, Queryable } from '../backend/queryable.js';
+import { ConflictError } from '../contract/errors.js';
+import type { Binding, ModelBinding } from '../schema/binding.js';
+import { BUILTIN } from '../schema/builtin.js';
+import type { LlmConfigInput, PersonalityInput } from '../validation/personality.js';
+import type { EntityLoader } from './entities.js';
+import { ident, model, table } from './sql.js';
 
-/** An `llm_configs` row, as Prisma returns `LlmConfig`. */
+/*
+ * The built-in personality writes (PUT/DELETE /v1/personalities/:id), on the
+ * built-in binding: the columns come from it, as for every other statement.
+ */
+
+/** An LLM config, as Prisma returns `LlmConfig`. */
 export interface LlmConfigRecord {
   id: string;
   personalityId: string;
@@ -14,10 +23,9 @@ export interface LlmConfigRecord {
 }
 
 /**
- * A `personalities` row with its config: what Prisma's
+ * A personality with its config: what Prisma's
  * `personality.findUnique({ where: { id }, include: { llmConfig: true } })`
- * returns, same keys in the same order, without Prisma (the embedded backend
- * has none).
+ * returns, without Prisma (the embedded backend has none).
  */
 export interface PersonalityRecord {
   id: string;
@@ -30,134 +38,92 @@ export interface PersonalityRecord {
   llmConfig: LlmConfigRecord | null;
 }
 
-interface JoinedRow {
-  id: string;
-  name: string;
-  displayName: string;
-  systemPrompt: string;
-  isActive: boolean;
-  createdAt: Date;
-  updatedAt: Date;
-  c_id: string | null;
-  c_personalityId: string;
-  c_model: string;
-  c_temperature: number;
-  c_maxTokens: number;
-  c_createdAt: Date;
-  c_updatedAt: Date;
-}
-
-const SELECT_PERSONALITY = `
-  SELECT p.id, p.name, p."displayName", p."systemPrompt", p."isActive", p."createdAt", p."updatedAt",
-         c.id AS c_id, c."personalityId" AS "c_personalityId", c.model AS c_model, c.temperature AS c_temperature,
-         c."maxTokens" AS "c_maxTokens", c."createdAt" AS "c_createdAt", c."updatedAt" AS "c_updatedAt"
-  FROM personalities p LEFT JOIN llm_configs c ON c."personalityId" = p.id
-  WHERE p.id = $1`;
-
-/** The personality with its LLM config (null when it has none), or null when there is no such personality. */
-export async function loadPersonality(db: Queryable, id: string): Promise<PersonalityRecord | null> {
-  const r = (await db.query<JoinedRow>(SELECT_PERSONALITY, [id])).rows[0];
-  if (!r) return null;
-  return {
-    id: r.id,
-    name: r.name,
-    displayName: r.displayName,
-    systemPrompt: r.systemPrompt,
-    isActive: r.isActive,
-    createdAt: r.createdAt,
-    updatedAt: r.updatedAt,
-    llmConfig:
-      r.c_id === null
-        ? null
-        : {
-            id: r.c_id,
-            personalityId: r.c_personalityId,
-            model: r.c_model,
-            temperature: r.c_temperature,
-            maxTokens: r.c_maxTokens,
-            createdAt: r.c_createdAt,
-            updatedAt: r.c_updatedAt,
-          },
-  };
-}
+const c = (m: ModelBinding, field: string) => ident(m.fields.get(field)!.column);
 
 /**
- * INSERT ... ON CONFLICT DO UPDATE of the given columns only: an absent
- * optional column takes its default on insert and keeps its value on update.
+ * INSERT ... ON CONFLICT DO UPDATE of the given fields only: an absent
+ * optional field takes its default on insert and keeps its value on update.
  * The update runs only when a value differs, so a repeated PUT changes
  * nothing, bumps no updatedAt and notifies no cache. Returns no row then.
  */
-function upsertSql(table: string, key: string, columns: Record<string, unknown>): { text: string; values: unknown[] } {
-  const names = Object.keys(columns).filter((c) => columns[c] !== undefined);
-  const values = names.map((c) => columns[c]);
-  const q = (c: string) => `"${c}"`;
-  const changed = names.filter((c) => c !== key);
+function upsertSql(m: ModelBinding, key: string, fields: Record<string, unknown>): { text: string; values: unknown[] } {
+  const names = Object.keys(fields).filter((f) => fields[f] !== undefined);
+  const values = names.map((f) => fields[f]);
+  const changed = names.filter((f) => f !== key);
+  const updatedAt = c(m, 'updatedAt');
+  const t = table(m);
   return {
-    text: `INSERT INTO ${table} (${names.map(q).join(', ')}, "updatedAt")
+    text: `INSERT INTO ${t} (${names.map((f) => c(m, f)).join(', ')}, ${updatedAt})
            VALUES (${names.map((_, i) => `$${i + 1}`).join(', ')}, now())
-           ON CONFLICT (${q(key)}) DO UPDATE SET ${changed.map((c) => `${q(c)} = EXCLUDED.${q(c)}`).join(', ')}, "updatedAt" = now()
-           WHERE (${changed.map((c) => `${table}.${q(c)}`).join(', ')}) IS DISTINCT FROM (${changed.map((c) => `EXCLUDED.${q(c)}`).join(', ')})
+           ON CONFLICT (${c(m, key)}) DO UPDATE SET ${changed.map((f) => `${c(m, f)} = EXCLUDED.${c(m, f)}`).join(', ')}, ${updatedAt} = now()
+           WHERE (${changed.map((f) => `${t}.${c(m, f)}`).join(', ')}) IS DISTINCT FROM (${changed.map((f) => `EXCLUDED.${c(m, f)}`).join(', ')})
            RETURNING (xmax = 0) AS created`,
     values,
   };
 }
 
-async function writeLlmConfig(tx: Queryable, id: string, config: LlmConfigInput | null): Promise<void> {
-  if (config === null) {
-    await tx.query('DELETE FROM llm_configs WHERE "personalityId" = $1', [id]);
-    return;
+export class PersonalityStore {
+  private readonly personality: ModelBinding;
+  private readonly llmConfig: ModelBinding;
+
+  constructor(
+    binding: Binding,
+    private readonly loader: EntityLoader,
+  ) {
+    this.personality = model(binding, BUILTIN.personalityModel);
+    this.llmConfig = model(binding, BUILTIN.llmConfigModel);
   }
-  const { text, values } = upsertSql('llm_configs', 'personalityId', {
-    personalityId: id,
-    model: config.model,
-    temperature: config.temperature,
-    maxTokens: config.maxTokens,
-  });
-  await tx.query(text, values);
-}
 
-function isNameConflict(err: unknown): boolean {
-  const e = err as { code?: unknown; constraint?: unknown };
-  return e.code === '23505' && e.constraint === 'personalities_name_key';
-}
-
-/**
- * Creates or updates personality `id` and its LLM config in one transaction
- * and returns the result as loadPersonality() reads it, inside that
- * transaction (the writer reads its own write). `created` is true when the
- * row did not exist. Semantics of absent fields: src/validation/personality.ts.
- * A name another personality has is a ConflictError on `name`.
- */
-export async function upsertPersonality(
-  db: Database,
-  id: string,
-  input: PersonalityInput,
-): Promise<{ personality: PersonalityRecord; created: boolean }> {
-  try {
-    return await db.transaction(async (tx) => {
-      const { text, values } = upsertSql('personalities', 'id', {
-        id,
-        name: input.name,
-        displayName: input.displayName,
-        systemPrompt: input.systemPrompt,
-        isActive: input.isActive,
-      });
-      const created = (await tx.query<{ created: boolean }>(text, values)).rows[0]?.created ?? false;
-      if (input.llmConfig !== undefined) await writeLlmConfig(tx, id, input.llmConfig);
-      const personality = await loadPersonality(tx, id);
-      if (!personality) throw new Error(`personality ${id} vanished inside its own transaction`);
-      return { personality, created };
-    });
-  } catch (err) {
-    if (isNameConflict(err)) {
-      throw new ConflictError('name', `another personality is already named ${JSON.stringify(input.name)}`);
+  private async writeLlmConfig(tx: Queryable, id: string, config: LlmConfigInput | null): Promise<void> {
+    const m = this.llmConfig;
+    if (config === null) {
+      await tx.query(`DELETE FROM ${table(m)} WHERE ${c(m, 'personalityId')} = $1`, [id]);
+      return;
     }
-    throw err;
+    const { text, values } = upsertSql(m, 'personalityId', {
+      personalityId: id,
+      model: config.model,
+      temperature: config.temperature,
+      maxTokens: config.maxTokens,
+    });
+    await tx.query(text, values);
   }
-}
 
-/** Deletes the personality (its config, memories and history cascade). False when there was none. */
-export async function deletePersonality(db: Queryable, id: string): Promise<boolean> {
-  const r = await db.query('DELETE FROM personalities WHERE id = $1 RETURNING id', [id]);
-  return r.rows.length > 0;
+  /**
+   * Creates or updates personality `id` and its LLM config in one
+   * transaction and returns it as the entity loader reads it, inside that
+   * transaction (the writer reads its own write). A name another personality
+   * has is a ConflictError on `name`.
+   */
+  async upsert(db: Database, id: string, input: PersonalityInput): Promise<{ personality: PersonalityRecord; created: boolean }> {
+    try {
+      return await db.transaction(async (tx) => {
+        const { text, values } = upsertSql(this.personality, 'id', {
+          id,
+          name: input.name,
+          displayName: input.displayName,
+          systemPrompt: input.systemPrompt,
+          isActive: input.isActive,
+        });
+        const created = (await tx.query<{ created: boolean }>(text, values)).rows[0]?.created ?? false;
+        if (input.llmConfig !== undefined) await this.writeLlmConfig(tx, id, input.llmConfig);
+        const personality = (await this.loader.load(tx, 0, [id])) as PersonalityRecord | null;
+        if (!personality) throw new Error(`personality ${id} vanished inside its own transaction`);
+        return { personality, created };
+      });
+    } catch (err) {
+      const e = err as { code?: unknown; detail?: unknown };
+      if (e.code === '23505' && typeof e.detail === 'string' && e.detail.includes(`(${this.personality.fields.get('name')!.column})`)) {
+        throw new ConflictError('name', `another personality is already named ${JSON.stringify(input.name)}`);
+      }
+      throw err;
+    }
+  }
+
+  /** Deletes the personality (its config, memories and history cascade). False when there was none. */
+  async delete(db: Queryable, id: string): Promise<boolean> {
+    const m = this.personality;
+    const r = await db.query(`DELETE FROM ${table(m)} WHERE ${c(m, 'id')} = $1 RETURNING 1`, [id]);
+    return r.rows.length > 0;
+  }
 }

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
+import type { Declaration } from '../../schema/declaration.js';
 import type { SidecarConfig } from '../../config.js';
 import { migrate } from '../../migrations/migrate.js';
 import { NotMigratedError } from '../../contract/errors.js';
@@ -26,7 +27,7 @@ const NOT_MIGRATED_RECHECK_MS = 5_000;
  */
 export class Sidecar {
   readonly readiness = new Readiness();
-  private client: MemorySync | undefined;
+  private client: MemorySync<Declaration> | undefined;
   private app: FastifyInstance | undefined;
   private scheduler: Scheduler | undefined;
   private notifications: NotificationLog | undefined;
@@ -54,7 +55,9 @@ export class Sidecar {
 
   private async startUp(): Promise<string> {
     const { config, logger } = this;
-    if (config.migrate && config.databaseUrl) {
+    if (config.migrate && config.databaseUrl && config.configPath) {
+      logger.warn('MEMORY_SYNC_MIGRATE applies memory-sync\'s own migrations; with a declaration of your schema, run `memory-sync adopt` instead');
+    } else if (config.migrate && config.databaseUrl) {
       logger.info('applying migrations (MEMORY_SYNC_MIGRATE)');
       // migrate() serializes concurrent runs on an advisory lock: one instance applies, the others find nothing pending.
       const { applied } = await migrate({
@@ -67,7 +70,7 @@ export class Sidecar {
     }
     if (this.lifetime.signal.aborted) throw new Error('stopped during start-up');
 
-    const client = createMemorySync({ ...config.engine, logger: logger.child({ component: 'engine' }) });
+    const client = createMemorySync<Declaration>({ ...config.engine, config: config.configPath, logger: logger.child({ component: 'engine' }) });
     this.client = client;
     const readiness = this.readiness;
     readiness.attach({
@@ -128,7 +131,7 @@ export class Sidecar {
     return url;
   }
 
-  private async becomeReady(client: MemorySync, metrics: SidecarMetrics): Promise<void> {
+  private async becomeReady(client: MemorySync<Declaration>, metrics: SidecarMetrics): Promise<void> {
     const signal = this.lifetime.signal;
     // client.start() waits out an unreachable database and rejects on a permanent
     // error (the process then exits non-zero); an unmigrated schema is waited out
@@ -158,6 +161,8 @@ export class Sidecar {
       logger: this.logger.child({ component: 'jobs' }),
       metrics,
       config: this.config.jobs,
+      binding: client.binding,
+      resolved: client.resolved,
     });
   }
 

@@ -1,13 +1,22 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import type { MemoryClient, PersonalityInput, SearchInput, StoreInput } from '../../client/memory-sync.js';
-import { NotFoundError } from '../../contract/errors.js';
+import type { Declaration } from '../../schema/declaration.js';
+import type { MemorySync, PersonalityInput, SearchInput, StoreInput } from '../../client/memory-sync.js';
+import { NotFoundError, ValidationError } from '../../contract/errors.js';
+import type { EntityShape } from '../../contract/shape.js';
+import { entityToWire, toWire } from '../../contract/wire-values.js';
 import { parseInput } from '../../validation/parse.js';
 import type { EventHub } from '../events.js';
 
 export interface ApiDeps {
-  client: MemoryClient;
+  client: MemorySync<Declaration>;
   events: EventHub;
+}
+
+function shapeOf(client: MemorySync<Declaration>, name: string): EntityShape {
+  const shape = client.schemaShape().entities.find((e) => e.name === name);
+  if (!shape) throw new NotFoundError(`no entity ${JSON.stringify(name)} is declared`);
+  return shape;
 }
 
 /** POST /v1/sync: `token` is echoed as a `barrier` event on /v1/events once the barrier has passed. */
@@ -28,6 +37,38 @@ export const syncSchema = z
  */
 export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
   const { client, events } = deps;
+
+  // What the declaration caches, for the remote client's local cache and for people.
+  app.get('/v1/schema', async () => client.schemaShape());
+
+  // A declared entity by its id, as Prisma's findUnique with the declared include returns it.
+  app.get<{ Params: { entity: string; id: string } }>('/v1/entities/:entity/:id', async (req) => {
+    const shape = shapeOf(client, req.params.entity);
+    const value = await client.entity(req.params.entity).get(req.params.id);
+    if (value === null) throw new NotFoundError(`${req.params.entity} ${req.params.id} not found`);
+    return entityToWire(shape.root, value);
+  });
+
+  // By a declared unique lookup: /v1/entities/personality?slug=aria (every field of the lookup).
+  app.get<{ Params: { entity: string }; Querystring: Record<string, string | string[]> }>('/v1/entities/:entity', async (req) => {
+    const shape = shapeOf(client, req.params.entity);
+    const where: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(req.query ?? {})) {
+      if (Array.isArray(v)) throw new ValidationError(k, 'must be given once');
+      where[k] = v;
+    }
+    const value = await client.entity(req.params.entity).get(where);
+    if (value === null) throw new NotFoundError(`${req.params.entity} ${new URLSearchParams(where as Record<string, string>).toString()} not found`);
+    return entityToWire(shape.root, value);
+  });
+
+  app.post<{ Params: { collection: string }; Body: unknown }>('/v1/collections/:collection/search', async (req) => {
+    const shape = client.schemaShape().collections.find((c) => c.name === req.params.collection);
+    if (!shape) throw new NotFoundError(`no collection ${JSON.stringify(req.params.collection)} is declared`);
+    const results = await client.collection(req.params.collection).search(req.body as never);
+    for (const h of results as Record<string, unknown>[]) for (const f of shape.select) h[f.name] = toWire(f, h[f.name]);
+    return { results };
+  });
 
   app.get<{ Params: { id: string } }>('/v1/personalities/:id', async (req) => {
     const personality = await client.getPersonality(req.params.id);
