@@ -12,7 +12,7 @@ import pg from 'pg';
 import pgvector from 'pgvector';
 import pino from 'pino';
 import { openEmbedded } from '../src/backend/embedded.js';
-import { insertMemory, searchMemories, streamPersonalityMemories } from '../src/store/memories.js';
+import { insertMemory, searchMemories, streamPersonalityMemories } from '../src/store/builtin.js';
 import { migrate } from '../src/migrations/migrate.js';
 import { postgresDatabase, type Database } from '../src/backend/queryable.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH } from '../src/paths.js';

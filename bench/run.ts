@@ -14,7 +14,7 @@ import pgListen from 'pg-listen';
 import pgvector from 'pgvector';
 import { createMemorySync, type MemorySync } from '../src/client/memory-sync.js';
 import { createSidecarClient } from '../src/client/sidecar-client.js';
-import { searchMemories } from '../src/store/memories.js';
+import { searchMemories } from '../src/store/builtin.js';
 import { migrate } from '../src/migrations/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
 import { nativeKernelsFit } from '../src/cache/hot/quantized.js';
@@ -241,8 +241,8 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
   const iters = QUICK ? 50 : 300;
   const queries = Array.from({ length: 20 }, randomQuery);
   await client.findSimilarMemories({ personalityId: pid, embedding: queries[0]!, limit: 10 });
-  await client.core.settled(pid);
-  if (!client.core.isServable(pid)) throw new Error(`set of ${size} did not become hot`);
+  await client.core.settled('memories', [pid]);
+  if (!client.core.isServable('memories', [pid])) throw new Error(`set of ${size} did not become hot`);
   const hot: number[] = [];
   const sql: number[] = [];
   const before = client.stats().hotSearches;
@@ -286,9 +286,9 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
 }
 
 async function load(client: MemorySync, url: string, pid: string, size: number): Promise<void> {
-  client.core.markPersonalityWritten(pid, true); // drops the set
-  const loaded = new Promise<[number, number]>((r) => client.core.once('loaded', (_p, n, ms) => r([n, ms])));
-  client.core.warm(pid);
+  client.core.dropPartition('memories', [pid]); // drops the set
+  const loaded = new Promise<[number, number]>((r) => client.core.once('loaded', (_c, _p, n, ms) => r([n, ms])));
+  client.core.warm('memories', [pid]);
   const [n, ms] = await loaded;
   // Baseline: the same rows as pgvector text, parsed float by float.
   const c = new pg.Client({ connectionString: url });

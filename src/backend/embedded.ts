@@ -224,7 +224,7 @@ export async function openEmbedded(options: EmbeddedOptions): Promise<EmbeddedDa
   try {
     const applied = await applyEmbeddedMigrations(db, options.migrationsDir ?? DEFAULT_MIGRATIONS_DIR, options.logger);
     // One session for everything: its settings hold for every later query.
-    await db.exec(`SET ivfflat.iterative_scan = relaxed_order; SET ivfflat.probes = ${probes}`);
+    await db.exec(`SET ivfflat.iterative_scan = relaxed_order; SET hnsw.iterative_scan = relaxed_order; SET ivfflat.probes = ${probes}`);
     const version = (await db.query<{ v: string }>('SELECT version() AS v')).rows[0]!.v;
     const info: EmbeddedInfo = { dataDir, coldStartMs: performance.now() - started, reopened, applied, version };
     let closing: Promise<void> | undefined;

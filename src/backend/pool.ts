@@ -27,7 +27,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     application_name: options.applicationName ?? 'memory-sync',
     // Iterative scans keep probing until LIMIT rows pass the personality
     // filter (pgvector >= 0.8); without them ivfflat may return fewer rows.
-    options: `-c ivfflat.iterative_scan=relaxed_order -c ivfflat.probes=${options.ivfflatProbes}`,
+    options: `-c ivfflat.iterative_scan=relaxed_order -c hnsw.iterative_scan=relaxed_order -c ivfflat.probes=${options.ivfflatProbes}`,
   });
   // An idle client killed by the server (restart, pg_terminate_backend) is
   // reported here; unhandled, it would crash the process.

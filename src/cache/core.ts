@@ -108,13 +108,34 @@ export class CacheCore extends EventEmitter<CacheCoreEvents> {
 
   constructor(private readonly options: CacheCoreOptions) {
     super();
-    for (const w of options.watched) this.watched.set(w.model, w);
+    this.declare(options.entities, options.watched);
+    for (const c of options.collections ?? []) {
+      const sets = new HotSets({
+        ...c,
+        logger: options.logger,
+        beforePublish: options.hooks?.beforeHotSetPublish && ((p) => options.hooks!.beforeHotSetPublish!(c.shape.name, p)),
+      });
+      sets.on('loaded', (p, n, ms) => this.emit('loaded', c.shape.name, p, n, ms));
+      sets.on('wrongDimension', (id, dim) => this.emit('wrongDimension', c.shape.name, id, dim));
+      this.collections.set(c.shape.name, sets);
+      this.collectionsOf.set(c.shape.model, [...(this.collectionsOf.get(c.shape.model) ?? []), c.shape.name]);
+    }
+  }
+
+  /**
+   * Adds entities and the models they watch: the remote client's local
+   * cache learns them from the sidecar after it starts following its stream.
+   */
+  declare(entities: EntityOptions<object>[], watched: WatchShape[]): void {
+    const options = this.options;
+    for (const w of watched) this.watched.set(w.model, w);
     const models = (node: EntityShape['root'], out: Set<string>) => {
       out.add(node.model);
       for (const c of node.children) models(c.node, out);
       return out;
     };
-    for (const e of options.entities) {
+    for (const e of entities) {
+      if (this.entities.has(e.shape.name)) continue;
       const afterRead = options.hooks?.afterEntityRead;
       const cache = new EntityCache<object>({
         ...e,
@@ -126,17 +147,6 @@ export class CacheCore extends EventEmitter<CacheCoreEvents> {
       });
       this.entities.set(e.shape.name, { cache, load: e.load });
       for (const m of models(e.shape.root, new Set())) this.entitiesOf.set(m, [...(this.entitiesOf.get(m) ?? []), e.shape.name]);
-    }
-    for (const c of options.collections ?? []) {
-      const sets = new HotSets({
-        ...c,
-        logger: options.logger,
-        beforePublish: options.hooks?.beforeHotSetPublish && ((p) => options.hooks!.beforeHotSetPublish!(c.shape.name, p)),
-      });
-      sets.on('loaded', (p, n, ms) => this.emit('loaded', c.shape.name, p, n, ms));
-      sets.on('wrongDimension', (id, dim) => this.emit('wrongDimension', c.shape.name, id, dim));
-      this.collections.set(c.shape.name, sets);
-      this.collectionsOf.set(c.shape.model, [...(this.collectionsOf.get(c.shape.model) ?? []), c.shape.name]);
     }
   }
 

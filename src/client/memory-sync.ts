@@ -74,6 +74,8 @@ export interface MemorySyncStats {
   hotVectors: number;
   hotSearches: number;
   pgvectorSearches: number;
+  /** pgvector answers shorter than the limit (an index that stopped early, or fewer rows qualify), asked again without the index. */
+  pgvectorShortAnswers: number;
   abortedFills: number;
   /** Rows left out of hot sets because their vector has another dimension. */
   wrongDimension: number;
@@ -113,7 +115,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   /** "postgres" with a DATABASE_URL or a pool; "embedded" (PGlite in process) without. */
   readonly backend: 'postgres' | 'embedded';
   private _core: CacheCore | undefined;
-  private schema: Schema | undefined;
+  private bound: Schema | undefined;
   private readonly _pool: pg.Pool | undefined;
   private _prisma: PrismaClient | undefined;
   private _database: Database | undefined;
@@ -125,6 +127,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   private readonly ownsPool: boolean;
   private readonly retry: RetryOptions;
   private pgvectorSearches = 0;
+  /** pgvector answers shorter than the limit, asked again without the index. */
+  private pgvectorShortAnswers = 0;
   private readonly loaders = new Map<string, EntityLoaderFn>();
   private summaryTimer: NodeJS.Timeout | undefined;
   /** Aborted by stopRetrying()/close(): calls in flight stop waiting for the database. */
@@ -232,8 +236,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   private ready(): Schema {
-    if (!this.schema) throw new DatabaseUnavailableError('memory-sync is not started yet: call start() first');
-    return this.schema;
+    if (!this.bound) throw new DatabaseUnavailableError('memory-sync is not started yet: call start() first');
+    return this.bound;
   }
 
   /**
@@ -264,8 +268,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       this._database = this.embedded.queryable;
     }
     const resolved = await this.checkSchema(binding);
-    this.schema = this.buildSchema(binding, resolved, builtin);
-    this._core = this.buildCore(this.schema);
+    this.bound = this.buildSchema(binding, resolved, builtin);
+    this._core = this.buildCore(this.bound);
     this._source = await this.buildSource(binding);
     this._core.connect(this._source);
     await this._source.start();
@@ -505,15 +509,17 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
    */
   private async pgvectorSearch(store: CollectionStore, q: CollectionQuery) {
     const run = (db: Queryable) => store.search(db, q);
-    const hits = this.ownsPool || this.backend === 'embedded' ? await run(this.db()) : await this.db().transaction(async (tx) => {
-      await tx.query(`SET LOCAL ivfflat.iterative_scan = relaxed_order; SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL ivfflat.probes = ${this.options.ivfflatProbes}`);
+    const local = async (tx: Queryable, settings: string[]) => {
+      for (const s of settings) await tx.query(`SET LOCAL ${s}`); // one statement each: PGlite prepares every query
       return run(tx);
-    });
+    };
+    const hits =
+      this.ownsPool || this.backend === 'embedded'
+        ? await run(this.db())
+        : await this.db().transaction((tx) => local(tx, ['ivfflat.iterative_scan = relaxed_order', 'hnsw.iterative_scan = relaxed_order', `ivfflat.probes = ${this.options.ivfflatProbes}`]));
     if (hits.length >= q.limit) return hits;
-    return this.db().transaction(async (tx) => {
-      await tx.query('SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off');
-      return store.search(tx, q);
-    });
+    this.pgvectorShortAnswers++;
+    return this.db().transaction((tx) => local(tx, ['enable_indexscan = off', 'enable_bitmapscan = off']));
   }
 
   /** Inserts a row into a collection (`data` in Prisma field names); idempotent by id. Returns the id. */
@@ -558,10 +564,11 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
 
   getPersonality(id: string): Promise<PersonalityWithConfig | null> {
     try {
-      this.builtin();
-      const hit = this.core.peekEntity(BUILTIN.personality, 0, [id]);
+      const hit = this._core?.peekEntity(BUILTIN.personality, 0, [id]);
       if (hit !== undefined) return Promise.resolve(hit as PersonalityWithConfig | null);
-      return this.core.getEntity(BUILTIN.personality, 0, [validateId(id)]) as Promise<PersonalityWithConfig | null>;
+      const key = validateId(id);
+      this.builtin();
+      return this.core.getEntity(BUILTIN.personality, 0, [key]) as Promise<PersonalityWithConfig | null>;
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -577,9 +584,9 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   async upsertPersonality(rawId: string, input: PersonalityInput): Promise<{ personality: PersonalityWithConfig; created: boolean }> {
-    const s = this.builtin();
     const id = validateId(rawId);
     const body = validatePersonalityInput(input);
+    const s = this.builtin();
     try {
       return (await withRetry(() => s.personalities.upsert(this.db(), id, body), this.retry)) as { personality: PersonalityWithConfig; created: boolean };
     } finally {
@@ -589,8 +596,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   async deletePersonality(rawId: string): Promise<boolean> {
-    const s = this.builtin();
     const id = validateId(rawId);
+    const s = this.builtin();
     try {
       return await withRetry(() => s.personalities.delete(this.db(), id), this.retry);
     } finally {
@@ -601,8 +608,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   async findSimilarMemories(input: SearchInput): Promise<SimilarMemory[]> {
-    this.builtin();
     const q = validateSearch(input);
+    this.builtin();
     const hits = await this.searchParsed(BUILTIN.memories, {
       partition: [q.personalityId],
       where: q.channelId === undefined ? [] : [{ field: 'channelId', index: 0, condition: { eq: q.channelId } }],
@@ -617,8 +624,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   async storeMemory(input: StoreInput): Promise<string> {
-    this.builtin();
     const m = validateStore(input);
+    this.builtin();
     try {
       return await this.insertInto(BUILTIN.memories, { personalityId: m.personalityId, channelId: m.channelId, content: m.content, metadata: m.metadata ?? null }, m.embedding);
     } catch (err) {
@@ -628,8 +635,9 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   async deleteMemory(rawId: string): Promise<boolean> {
+    const id = validateId(rawId);
     this.builtin();
-    return this.deleteFrom(BUILTIN.memories, validateId(rawId));
+    return this.deleteFrom(BUILTIN.memories, id);
   }
 
   stats(): MemorySyncStats {
@@ -638,7 +646,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       Object.values(s?.entities ?? {}).reduce((n, e) => n + pick(e), 0);
     const csum = (pick: (c: { bytes: number; sets: number; vectors: number; evictions: number; wrongDimension: number }) => number) =>
       Object.values(s?.collections ?? {}).reduce((n, c) => n + pick(c), 0);
-    const dim = this.schema ? ([...this.schema.collections.values()][0]?.shape.dimension ?? 1536) : 1536;
+    const dim = this.bound ? ([...this.bound.collections.values()][0]?.shape.dimension ?? 1536) : 1536;
     return {
       hits: sum((e) => e.hits),
       misses: sum((e) => e.misses),
@@ -653,6 +661,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       hotVectors: csum((c) => c.vectors),
       hotSearches: s?.hotSearches ?? 0,
       pgvectorSearches: this.pgvectorSearches,
+      pgvectorShortAnswers: this.pgvectorShortAnswers,
       abortedFills: sum((e) => e.abortedFills),
       wrongDimension: csum((c) => c.wrongDimension),
       listener: this.sourceState,

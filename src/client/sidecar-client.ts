@@ -96,8 +96,11 @@ export class SidecarClient implements MemoryClient {
     if (options.localCache) {
       const stream = new EventStream(new Client(url.origin, { connect: { timeout: this.connectTimeoutMs } }), this.basePath + PATHS.events);
       this.source = new SidecarStreamSource(stream, (token, timeoutMs) => this.requestSync(token, timeoutMs));
+      // The same core, and so the same rules, as the sidecar's own cache; entities only, learnt
+      // from the sidecar (GET /v1/schema). Until then it holds nothing and lookups go over HTTP.
+      this.local = new CacheCore({ logger: pino({ level: 'silent' }), watched: [], entities: [] });
+      this.local.connect(this.source);
       void this.source.start();
-      // The cache is made once the sidecar says what it declares; until then lookups go over HTTP.
       void this.schema()
         .then((s) => this.makeLocal(s))
         .catch(() => {});
@@ -111,14 +114,14 @@ export class SidecarClient implements MemoryClient {
     return this.shapes;
   }
 
+  private declared = false;
+
   private makeLocal(s: SchemaShape): void {
-    if (this.local || this.closed || !this.source) return;
+    if (this.declared || this.closed || !this.local) return;
+    this.declared = true;
     const lc = this.options.localCache!;
-    // The same core, and so the same rules, as the sidecar's own cache; entities only.
-    this.local = new CacheCore({
-      logger: pino({ level: 'silent' }),
-      watched: s.watched,
-      entities: s.entities.map((shape) => ({
+    this.local.declare(
+      s.entities.map((shape) => ({
         shape,
         max: lc.max ?? 1_000,
         ttlMs: lc.ttlMs ?? 300_000,
@@ -127,11 +130,11 @@ export class SidecarClient implements MemoryClient {
         canon: (f) => shape.root.fields.find((x) => x.name === f)?.canon,
         load: (index, values) => this.loadEntity(shape, index, values),
       })),
-    });
-    this.local.connect(this.source);
+      s.watched,
+    );
   }
 
-  /** The local cache's core, once made (with `localCache`): `serving`, `stats()`, and its events. */
+  /** The local cache's core (with `localCache`): `serving`, `stats()`, and its events. */
   get localCache(): CacheCore | undefined {
     return this.local;
   }
@@ -174,7 +177,7 @@ export class SidecarClient implements MemoryClient {
         const shape = this.entityShape(s, name);
         const { index, values } = lookupFrom(shape, where);
         this.makeLocal(s);
-        const local = this.local;
+        const local = this.declared ? this.local : undefined;
         if (!local) return (await this.fetchEntity(shape, index, values)) as Record<string, unknown> | null;
         const hit = local.peekEntity(name, index, values);
         if (hit !== undefined) return hit as Record<string, unknown> | null;
@@ -219,7 +222,7 @@ export class SidecarClient implements MemoryClient {
       }
     })();
     if (key instanceof Error) return Promise.reject(key);
-    const hit = this.local?.peekEntity('personality', 0, [key]);
+    const hit = this.declared ? this.local?.peekEntity('personality', 0, [key]) : undefined;
     if (hit !== undefined) return Promise.resolve(hit as PersonalityWithConfig | null);
     return this.entity('personality').get(key) as Promise<PersonalityWithConfig | null>;
   }

@@ -11,7 +11,7 @@ export const BUILTIN_DECLARATION = {
   schema: DEFAULT_SCHEMA_PATH,
   channel: 'memory_sync',
   entities: {
-    personality: { model: 'Personality', lookups: ['name'], include: { llmConfig: true } },
+    personality: { model: 'Personality', include: { llmConfig: true } },
   },
   collections: {
     memories: {

@@ -229,10 +229,16 @@ export function resolveAgainst(binding: Binding, catalog: Catalog): Resolved {
     collections.set(c.name, { dimension, untyped: col.dimension === null });
   }
   if (problems.length) {
-    throw new NotMigratedError(
-      `the database does not match the declaration (${binding.source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
-      '42P01',
-    );
+    const builtin = binding.source === 'built-in';
+    const fix = builtin
+      ? 'run `memory-sync migrate` (or `memory-sync adopt` for tables your own migrations made), or set MEMORY_SYNC_MIGRATE=true'
+      : "run your project's migrations, then `memory-sync adopt`";
+    const missing = [...binding.models.values()].filter((m) => !catalog.tables.has(`${m.schema ?? catalog.currentSchema}.${m.table}`));
+    const head =
+      missing.length === binding.models.size
+        ? `database not migrated (none of the declared tables exist: ${missing.map((m) => m.table).join(', ')}): ${fix}`
+        : `the database does not match the declaration (${binding.source}): ${fix}`;
+    throw new NotMigratedError(`${head}\n${problems.map((p) => `  - ${p}`).join('\n')}`, '42P01');
   }
   return { catalog, tableOf, collections, facts: (model, field) => factMap.get(`${model}.${field}`) ?? {}, unconstrained };
 }

@@ -117,13 +117,16 @@ export class CollectionStore {
     const key = collection.key;
     this.idCast = key.type === 'Int' || key.type === 'BigInt' ? '' : ' COLLATE "C"';
     this.idOrder = `${col('t', key)}${key.type === 'Int' || key.type === 'BigInt' ? '' : '::text COLLATE "C"'}`;
+    // Named by position: several expressions would all be called "text".
     this.rowColumns = [
       `${col('t', key)}::text`,
       ...collection.partition.map((f) => textOf(col('t', f), f)),
       ...collection.filters.map((f) => textOf(col('t', f), f)),
       ...collection.select.map((f) => textOf(col('t', f), f)),
       `vector_send(${this.rawVector})`,
-    ].join(', ');
+    ]
+      .map((expr, i) => `${expr} AS c${i}`)
+      .join(', ');
     this.fetchSql = `SELECT ${this.rowColumns} FROM ${this.tableSql} t WHERE ${col('t', key)} = ANY($1) AND ${this.fixed}`;
     const part = collection.partition.map((f, i) => `${col('t', f)} = $${i + 1}`).join(' AND ');
     this.countSql = `SELECT count(*)::int AS n FROM (SELECT 1 FROM ${this.tableSql} t WHERE ${part} AND ${this.fixed} LIMIT $${collection.partition.length + 1}) s`;
@@ -177,7 +180,8 @@ export class CollectionStore {
   async fetch(db: Queryable, ids: readonly string[]): Promise<CollectionRow[]> {
     if (ids.length === 0) return [];
     const r = await db.query<Record<string, string | Buffer | null>>(this.fetchSql, [ids]);
-    return r.rows.map((row) => this.decodeRow(Object.values(row)));
+    const n = 2 + this.collection.partition.length + this.collection.filters.length + this.collection.select.length;
+    return r.rows.map((row) => this.decodeRow(Array.from({ length: n }, (_, i) => row[`c${i}`] ?? null)));
   }
 
   private decodeRow(cells: readonly (string | Buffer | null)[]): CollectionRow {

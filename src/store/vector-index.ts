@@ -30,26 +30,27 @@ export function createIndexSql(binding: Binding, c: CollectionBinding, resolved:
 /** The state of the collection's cosine index: any valid one on the column, else the declared one's. */
 export async function inspectIndex(db: Pick<Queryable, 'query'>, binding: Binding, c: CollectionBinding): Promise<{ state: VectorIndexState; name: string }> {
   const m = model(binding, c.model);
-  const rel = literal(m.schema ? `${ident(m.schema)}.${ident(m.table)}` : ident(m.table));
-  const r = await db.query<{ table: string | null; found: string | null; valid: boolean | null; building: boolean }>(
-    `WITH t AS (SELECT to_regclass(${rel}) AS oid),
-          cosine AS (
-            SELECT x.relname AS name, i.indisvalid AS valid
-              FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid JOIN t ON i.indrelid = t.oid
-             WHERE pg_get_indexdef(i.indexrelid) ~ 'vector_cosine_ops'
-               AND pg_get_indexdef(i.indexrelid) ~ ('[( ]' || quote_ident($1) || '[ :)]'))
-     SELECT (SELECT oid FROM t)::text AS table,
-            COALESCE((SELECT name FROM cosine WHERE valid LIMIT 1), (SELECT name FROM cosine WHERE name = $2), (SELECT name FROM cosine LIMIT 1)) AS found,
-            COALESCE((SELECT bool_or(valid) FROM cosine), (SELECT valid FROM cosine WHERE name = $2)) AS valid,
-            EXISTS (SELECT 1 FROM pg_stat_progress_create_index p, t WHERE p.datname = current_database() AND p.relid = t.oid) AS building`,
-    [c.embedding.column, c.index.name],
+  const rel = m.schema ? `${ident(m.schema)}.${ident(m.table)}` : ident(m.table);
+  // The definitions are read in the target list, after the filter on the table: reading them for
+  // every index of the database would wait on locks of unrelated tables.
+  const r = await db.query<{ table: string | null; name: string | null; valid: boolean | null; def: string | null; building: boolean }>(
+    `WITH t AS (SELECT to_regclass($1) AS oid)
+     SELECT (SELECT oid FROM t)::text AS table, x.relname AS name, i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS def,
+            EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.datname = current_database() AND p.relid = (SELECT oid FROM t)) AS building
+       FROM t LEFT JOIN pg_index i ON i.indrelid = t.oid LEFT JOIN pg_class x ON x.oid = i.indexrelid`,
+    [rel],
   );
-  const row = r.rows[0]!;
-  const name = row.found ?? c.index.name;
-  if (row.table === null) return { state: 'no-table', name };
-  if (row.valid === true) return { state: 'valid', name };
-  if (row.building) return { state: 'building', name };
-  return { state: row.valid === false ? 'invalid' : 'missing', name };
+  // The column as pg_get_indexdef prints it: bare, or quoted when it must be.
+  const names = [c.embedding.column, ident(c.embedding.column)].map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  const column = new RegExp(`[( ](${names.join('|')})[ :)]`);
+  const cosine = r.rows.filter((x) => x.def !== null && /vector_cosine_ops/.test(x.def) && column.test(x.def));
+  const head = r.rows[0];
+  const found = cosine.find((x) => x.valid) ?? cosine.find((x) => x.name === c.index.name) ?? cosine[0];
+  const name = found?.name ?? c.index.name;
+  if (!head || head.table === null) return { state: 'no-table', name };
+  if (found?.valid) return { state: 'valid', name };
+  if (head.building) return { state: 'building', name };
+  return { state: found ? 'invalid' : 'missing', name };
 }
 
 export function dropIndexSql(binding: Binding, c: CollectionBinding, name: string): string {

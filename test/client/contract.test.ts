@@ -95,7 +95,7 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     await c.sync();
     expect((await c.getPersonality(id))?.displayName).toBe(`fresh-${b.name}`);
     expect(c.peekPersonality(id)).toBeDefined();
-    const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities' && i.event.op === 'UPDATE');
+    const evicted = nextInvalidation(c, (i) => i.event.model === 'Personality' && i.event.op === 'UPDATE');
     await w.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
     await evicted;
     expect((await c.getPersonality(id))?.displayName).toBe('changed');
@@ -106,7 +106,7 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     const hold = gate();
     let calls = 0;
     const racer = await b.client({
-      afterPersonalityRead: async () => {
+      afterEntityRead: async () => {
         if (++calls === 1) {
           readOld.open();
           await hold.promise;
@@ -118,7 +118,7 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     await racer.sync();
     const pending = racer.getPersonality(id);
     await readOld.promise;
-    const evicted = nextInvalidation(racer, (i) => i.event.table === 'personalities' && i.event.op === 'UPDATE');
+    const evicted = nextInvalidation(racer, (i) => i.event.model === 'Personality' && i.event.op === 'UPDATE');
     await rw.query(`UPDATE personalities SET "displayName" = 'new' WHERE id = $1`, [id]);
     await evicted;
     hold.open();
@@ -140,7 +140,7 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     await seed(w, pid, v.slice(0, 2));
     await c.sync();
     await c.findSimilarMemories({ personalityId: pid, embedding: v[2]! });
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
     const id = await c.storeMemory({ personalityId: pid, channelId: 'a', content: 'mine', embedding: v[2]! });
     const [top] = await c.findSimilarMemories({ personalityId: pid, embedding: v[2]!, limit: 1 });
     expect(top?.id).toBe(id);
@@ -163,8 +163,8 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     await c.sync();
     const queries = seededVectors(22, 4);
     await c.findSimilarMemories({ personalityId: pid, embedding: queries[0]! });
-    await c.core.settled(pid);
-    expect(c.core.isServable(pid)).toBe(true);
+    await c.core.settled('memories', [pid]);
+    expect(c.core.isServable('memories', [pid])).toBe(true);
     for (const [i, q] of queries.entries()) {
       const channelId = i % 2 ? 'a' : undefined;
       const before = c.stats().hotSearches;
@@ -180,17 +180,18 @@ describe.each([postgres, embedded])('engine contract (%o)', (make) => {
     }
   });
 
-  it(`${b.name}: bad payloads are counted, unreadable objects flush, good ones still apply`, async () => {
+  it(`${b.name}: another program's payloads are counted and ignored, memory-sync's unreadable ones flush, good ones still apply`, async () => {
     const before = c.stats();
-    for (const p of ['not json', '{"v":2}', '[1]']) await w.query(`SELECT pg_notify('cache_invalidation', $1)`, [p]);
+    for (const p of ['not json', '{"type":"all"}', '[1]', '{"ms":2}']) await w.query(`SELECT pg_notify('memory_sync', $1)`, [p]);
     await c.sync();
     const after = c.stats();
-    expect(after.invalidNotifications - before.invalidNotifications).toBe(3);
-    expect(after.flushes - before.flushes).toBe(1); // only the JSON object
+    expect(after.foreignNotifications - before.foreignNotifications).toBe(3);
+    expect(after.invalidNotifications - before.invalidNotifications).toBe(1);
+    expect(after.flushes - before.flushes).toBe(1); // only memory-sync's own unreadable payload
     const id = await personality(w, `after-bad-${b.name}`);
     await c.sync(); // the INSERT's own event must not evict the fill below
     await c.getPersonality(id);
-    const ev = nextInvalidation(c, (i) => i.event.table === 'personalities' && i.event.op === 'UPDATE');
+    const ev = nextInvalidation(c, (i) => i.event.model === 'Personality' && i.event.op === 'UPDATE');
     await w.query(`UPDATE personalities SET "displayName" = 'ok' WHERE id = $1`, [id]);
     expect((await ev).action).toBe('evicted');
     expect((await c.getPersonality(id))?.displayName).toBe('ok');

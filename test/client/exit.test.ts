@@ -28,7 +28,7 @@ await client.sync();
 const query = { personalityId, embedding: vector(2), limit: 3 };
 await client.findSimilarMemories(query); // cold: pgvector answers and a load starts
 await client.findSimilarMemories(query);
-const [, vectors] = await loaded;
+const [, , vectors] = await loaded; // (collection, partition, vectors, ms)
 const hits = await client.findSimilarMemories(query);
 say('searched', { vectors, hotSearches: client.stats().hotSearches, top: hits[0]?.content });
 await client.close();

@@ -6,7 +6,7 @@ import { ValidationError, NotFoundError } from '../../src/contract/errors.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral } from '../helpers/db.js';
 import { gate, nextInvalidation, startClient, useDatabase } from '../helpers/client.js';
 import { FreezableProxy } from '../helpers/proxy.js';
-import { streamPersonalityMemories } from '../../src/store/memories.js';
+import { streamPersonalityMemories } from '../../src/store/builtin.js';
 import pg from 'pg';
 
 const t = useDatabase();
@@ -48,8 +48,8 @@ function expectSame(hot: SimilarMemory[], ref: Array<{ id: string; similarity: n
 
 async function warm(c: MemorySync, pid: string, q: Float32Array) {
   await c.findSimilarMemories({ personalityId: pid, embedding: q });
-  await c.core.settled(pid);
-  expect(c.core.isServable(pid)).toBe(true);
+  await c.core.settled('memories', [pid]);
+  expect(c.core.isServable('memories', [pid])).toBe(true);
 }
 
 describe('findSimilarMemories', () => {
@@ -62,7 +62,7 @@ describe('findSimilarMemories', () => {
     const first = await c.findSimilarMemories({ personalityId: pid, embedding: queries[0]!, limit: 10 });
     expect(first).toHaveLength(10);
     expect(c.stats()).toMatchObject({ pgvectorSearches: 1, hotSearches: 0 });
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
 
     for (const [i, q] of queries.entries()) {
       const channelId = i % 2 ? CHANNELS[i % 3] : undefined;
@@ -145,7 +145,7 @@ describe('findSimilarMemories', () => {
     expect(after.map((m) => m.id)).not.toContain(id);
     expect(await c.deleteMemory(id)).toBe(false);
     // Once settled, the hot set itself has the write applied and serves again.
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
     const hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 5 });
     expectSame(hot, await exact(pid, q, 5));
   });
@@ -156,15 +156,15 @@ describe('findSimilarMemories', () => {
     const c = await client();
     const q = seededVectors(32, 1)[0]!;
     await warm(c, pid, q);
-    const loadsBefore = c.core.stats().loadedVectors;
+    const loadsBefore = c.core.stats().collections.memories!.loadedVectors;
 
-    let patched = nextInvalidation(c, (i) => i.event.table === 'memories');
+    let patched = nextInvalidation(c, (i) => i.event.model === 'Memory');
     const ins = await t.writer.query<{ id: string }>(
       `INSERT INTO memories ("personalityId", "channelId", content, embedding) VALUES ($1, 'dm', 'from elsewhere', $2::vector) RETURNING id`,
       [pid, vectorLiteral(q)],
     );
     expect((await patched).action).toBe('patched');
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
     let hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 3 });
     expect(hot[0]!.id).toBe(ins.rows[0]!.id);
     expectSame(hot, await exact(pid, q, 3));
@@ -172,7 +172,7 @@ describe('findSimilarMemories', () => {
     patched = nextInvalidation(c, (i) => i.event.op === 'UPDATE');
     await t.writer.query(`UPDATE memories SET content = 'edited' WHERE id = $1`, [ins.rows[0]!.id]);
     await patched;
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
     hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 1 });
     expect(hot[0]!.content).toBe('edited');
 
@@ -181,24 +181,24 @@ describe('findSimilarMemories', () => {
     await patched;
     hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 3 });
     expect(hot.map((h) => h.id)).not.toContain(ins.rows[0]!.id);
-    await c.core.settled(pid);
+    await c.core.settled('memories', [pid]);
     expectSame(await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 3 }), await exact(pid, q, 3));
-    expect(c.core.stats().loadedVectors).toBe(loadsBefore); // patched in place, never reloaded
+    expect(c.core.stats().collections.memories!.loadedVectors).toBe(loadsBefore); // patched in place, never reloaded
   });
 
   it('a bulk statement drops the affected sets; the next search reloads them', async () => {
     const pid = await insertPersonality(t.writer, 'bulk');
-    await seed(pid, seededVectors(41, 1800));
+    await seed(pid, seededVectors(41, 3000));
     const c = await client();
     const q = seededVectors(42, 1)[0]!;
     await warm(c, pid, q);
-    const ev = nextInvalidation(c, (i) => i.event.table === 'memories');
-    // 1,200 rows: more than one statement's notifications name (1,080).
+    const ev = nextInvalidation(c, (i) => i.event.model === 'Memory');
+    // 2,000 rows: more than one statement's notifications name (12 × ~160 keys).
     await t.writer.query(`DELETE FROM memories WHERE "personalityId" = $1 AND "channelId" <> 'dm'`, [pid]);
     const info = await ev;
-    expect(info.event.scope).toBe('personalities');
+    expect(info.event.scope).toBe('partitions');
     expect(info.action).toBe('evicted');
-    expect(c.core.stats().hotSets).toBe(0);
+    expect(c.core.stats().collections.memories!.sets).toBe(0);
     await warm(c, pid, q);
     expectSame(await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 5 }), await exact(pid, q, 5));
   });
@@ -219,7 +219,7 @@ describe('findSimilarMemories', () => {
     const q = seededVectors(52, 1)[0]!;
     await c.findSimilarMemories({ personalityId: pid, embedding: q }); // starts the load
     await read.promise; // the load has its (now old) snapshot
-    const ev = nextInvalidation(c, (i) => i.event.table === 'memories');
+    const ev = nextInvalidation(c, (i) => i.event.model === 'Memory');
     const ins = await t.writer.query<{ id: string }>(
       `INSERT INTO memories ("personalityId", "channelId", content, embedding) VALUES ($1, 'dm', 'raced', $2::vector) RETURNING id`,
       [pid, vectorLiteral(q)],
@@ -229,8 +229,8 @@ describe('findSimilarMemories', () => {
     // Until the raced row is applied the set is not served; after, it includes it.
     const top = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 1 });
     expect(top[0]!.id).toBe(ins.rows[0]!.id);
-    await c.core.settled(pid);
-    expect(c.core.holds(pid, ins.rows[0]!.id)).toBe(true);
+    await c.core.settled('memories', [pid]);
+    expect(c.core.holds('memories', [pid], ins.rows[0]!.id)).toBe(true);
     const hot = await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 1 });
     expect(hot[0]!.id).toBe(ins.rows[0]!.id);
   });
@@ -249,7 +249,7 @@ describe('findSimilarMemories', () => {
         writes++;
       }
     })();
-    const loadedEvent = new Promise<number>((resolve) => c.core.once('loaded', (_p, n) => resolve(n)));
+    const loadedEvent = new Promise<number>((resolve) => c.core.once('loaded', (_c, _p, n) => resolve(n)));
     await c.findSimilarMemories({ personalityId: pid, embedding: q });
     const loaded = await loadedEvent;
     expect(loaded).toBeGreaterThanOrEqual(500);
@@ -260,7 +260,7 @@ describe('findSimilarMemories', () => {
     writing = false;
     await writerLoop;
     await c.sync(); // every write's notification has arrived...
-    await c.core.settled(pid); // ...and been applied
+    await c.core.settled('memories', [pid]); // ...and been applied
     expect(writes).toBeGreaterThan(0);
     expectSame(await c.findSimilarMemories({ personalityId: pid, embedding: q, limit: 5 }), await exact(pid, q, 5));
     expect(c.stats().hotSearches).toBeGreaterThan(0);
@@ -313,7 +313,7 @@ describe('hot-set robustness', () => {
     const q = seededVectors(83, 1)[0]!;
     for (let i = 0; i < 4; i++) {
       expect(await c.findSimilarMemories({ personalityId: pid, embedding: q })).toHaveLength(5);
-      await c.core.settled(pid);
+      await c.core.settled('memories', [pid]);
     }
     expect(publishes).toBe(1);
     expect(c.stats()).toMatchObject({ hotSets: 0, hotSearches: 0, pgvectorSearches: 4 });
@@ -326,11 +326,11 @@ describe('hot-set robustness', () => {
     const q = seededVectors(85, 1)[0]!;
     await warm(c, pid, q);
     const { rows } = await t.writer.query<{ id: string }>('SELECT id FROM memories WHERE "personalityId" = $1 LIMIT 1', [pid]);
-    expect(c.core.isServable(pid)).toBe(true);
-    c.core.markMemoriesWritten([rows[0]!.id], [pid]);
-    expect(c.core.isServable(pid)).toBe(false);
-    await c.core.settled(pid);
-    expect(c.core.isServable(pid)).toBe(true);
+    expect(c.core.isServable('memories', [pid])).toBe(true);
+    c.core.markWritten('Memory', [{ id: rows[0]!.id, personalityId: pid }]);
+    expect(c.core.isServable('memories', [pid])).toBe(false);
+    await c.core.settled('memories', [pid]);
+    expect(c.core.isServable('memories', [pid])).toBe(true);
   });
 });
 

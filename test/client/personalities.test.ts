@@ -20,18 +20,18 @@ describe('getPersonality', () => {
     expect(Object.isFrozen(again)).toBe(true);
     expect(Object.isFrozen(again?.llmConfig)).toBe(true);
 
-    const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities');
+    const evicted = nextInvalidation(c, (i) => i.event.model === 'Personality');
     await t.writer.query(`UPDATE personalities SET "displayName" = 'Fresh!' WHERE id = $1`, [id]);
     expect((await evicted).action).toBe('evicted');
     expect((await c.getPersonality(id))?.displayName).toBe('Fresh!');
 
-    const cfg = nextInvalidation(c, (i) => i.event.table === 'llm_configs');
+    const cfg = nextInvalidation(c, (i) => i.event.model === 'LlmConfig');
     await t.writer.query(`UPDATE llm_configs SET model = 'model-b' WHERE "personalityId" = $1`, [id]);
     const info = await cfg;
     expect(info.action).toBe('evicted');
     expect(info.lagMs).toBeGreaterThanOrEqual(0);
     expect((await c.getPersonality(id))?.llmConfig?.model).toBe('model-b');
-    expect(c.stats().invalidations).toMatchObject({ 'personalities.UPDATE': 1, 'llm_configs.UPDATE': 1 });
+    expect(c.stats().invalidations).toMatchObject({ 'Personality.UPDATE': 1, 'LlmConfig.UPDATE': 1 });
   });
 
   it('caches a miss briefly, and an INSERT evicts the negative entry', async () => {
@@ -52,7 +52,7 @@ describe('getPersonality', () => {
   it('concurrent misses on one key cause one database load', async () => {
     const id = await insertPersonality(t.writer, 'concurrent');
     let loads = 0;
-    const c = await client({ hooks: { afterPersonalityRead: () => void loads++ } });
+    const c = await client({ hooks: { afterEntityRead: () => void loads++ } });
     const results = await Promise.all(Array.from({ length: 50 }, () => c.getPersonality(id)));
     expect(results.every((r) => r?.id === id)).toBe(true);
     expect(loads).toBe(1);
@@ -65,7 +65,7 @@ describe('getPersonality', () => {
     let calls = 0;
     const c = await client({
       hooks: {
-        afterPersonalityRead: async () => {
+        afterEntityRead: async () => {
           if (++calls === 1) {
             readOld.open(); // the load has read the old row...
             await hold.promise; // ...and waits while the row changes
@@ -75,7 +75,7 @@ describe('getPersonality', () => {
     });
     const pending = c.getPersonality(id);
     await readOld.promise;
-    const evicted = nextInvalidation(c, (i) => i.event.table === 'personalities');
+    const evicted = nextInvalidation(c, (i) => i.event.model === 'Personality');
     await t.writer.query(`UPDATE personalities SET "displayName" = 'new' WHERE id = $1`, [id]);
     await evicted;
     hold.open();

@@ -124,7 +124,7 @@ describe('createSidecarClient({ localCache })', () => {
       const id = await insertPersonality(writer, 'local-cache');
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
-      expect(lc.stats()).toMatchObject({ hits: 1, misses: 1 });
+      expect(lc.stats().entities.personality).toMatchObject({ hits: 1, misses: 1 });
 
       const evicted = new Promise((r) => lc.once('invalidation', r));
       await writer.query(`UPDATE personalities SET "displayName" = 'changed' WHERE id = $1`, [id]);
@@ -139,7 +139,7 @@ describe('createSidecarClient({ localCache })', () => {
       expect(await down).toBe(false);
       const back = new Promise((r) => lc.once('up', () => r(lc.serving)));
       expect(await back).toBe(true); // the sidecar reconnected and flushed; so did we
-      expect(lc.stats().personalities).toBe(0);
+      expect(lc.stats().entities.personality!.size).toBe(0);
       expect((await cached.getPersonality(id))?.displayName).toBe('changed');
     } finally {
       await cached.close();

@@ -120,7 +120,7 @@ describe('sidecar HTTP API', () => {
     await sc.request('GET', `/v1/personalities/${id}`);
     const from = sc.mark();
     await writer.query(`UPDATE personalities SET "displayName" = 'm' WHERE id = $1`, [id]);
-    await sc.waitForLog((l) => l.msg === 'notification' && l.table === 'personalities' && l.action === 'evicted', from);
+    await sc.waitForLog((l) => l.msg === 'notification' && l.model === 'Personality' && l.action === 'evicted', from);
 
     const m = await sc.request('GET', '/metrics');
     expect(m.status).toBe(200);
@@ -140,7 +140,7 @@ describe('sidecar HTTP API', () => {
     expect(value('memory_sync_listener_up')).toBe(1);
     expect(value('memory_sync_cache_hits_total')).toBeGreaterThanOrEqual(1);
     expect(value('memory_sync_cache_misses_total')).toBeGreaterThanOrEqual(1);
-    expect(value('memory_sync_invalidations_total{table="personalities",operation="UPDATE",action="evicted"}')).toBe(1);
+    expect(value('memory_sync_invalidations_total{model="Personality",operation="UPDATE",action="evicted"}')).toBe(1);
     expect(value('memory_sync_invalidation_lag_seconds_count')).toBeGreaterThanOrEqual(1);
     expect(value('memory_sync_hot_set_bytes')).toBeGreaterThanOrEqual(0);
     // Server-wide: other tests' notifications may be queued too.
@@ -153,11 +153,11 @@ describe('sidecar HTTP API', () => {
     try {
       expect(await events.next()).toEqual({ event: 'state', data: { listener: 'up' } });
       const id = await insertPersonality(writer, 'http-events');
-      const seen = await events.next((e) => e.event === 'invalidation' && e.data.personalityIds.includes(id));
-      expect(seen.data).toMatchObject({ table: 'personalities', op: 'INSERT', scope: 'rows', ids: [id], action: expect.any(String) });
+      const seen = await events.next((e) => e.event === 'invalidation' && e.data.model === 'Personality' && e.data.rows.some((r: string[]) => r[0] === id));
+      expect(seen.data).toMatchObject({ ms: 2, model: 'Personality', op: 'INSERT', scope: 'rows', fields: ['id'], rows: [[id]], action: expect.any(String) });
       expect(seen.data.lagMs).toBeGreaterThanOrEqual(0);
-      const line = await sc.waitForLog((l) => l.msg === 'notification' && (l.personalityIds as string[]).includes(id));
-      expect(line).toMatchObject({ level: 30, table: 'personalities', op: 'INSERT', ids: 1, personalities: 1, action: seen.data.action });
+      const line = await sc.waitForLog((l) => l.msg === 'notification' && (l.keys as string[][]).some((k) => k[0] === id));
+      expect(line).toMatchObject({ level: 30, model: 'Personality', op: 'INSERT', rows: 1, gone: 0, action: seen.data.action });
       expect(typeof line.lagMs).toBe('number');
     } finally {
       events.close();

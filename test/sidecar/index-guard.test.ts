@@ -2,11 +2,20 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import pino from 'pino';
-import { guardVectorIndex, inspectVectorIndex } from '../../src/sidecar/index-guard.js';
+import type { Logger } from 'pino';
+import type { Resolved } from '../../src/schema/catalog.js';
+import { guardVectorIndexes } from '../../src/sidecar/index-guard.js';
+import { inspectIndex } from '../../src/store/vector-index.js';
+import { binding } from '../../src/store/builtin.js';
 import { connect, createDatabase, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
 
 let db: TestDb;
 let c: pg.Client;
+
+// The built-in declaration's one collection, as the sidecar resolves it.
+const resolved = { collections: new Map([['memories', { dimension: 1536, untyped: false }]]) } as unknown as Resolved;
+const guardVectorIndex = (db: pg.ClientBase, logger: Logger) => guardVectorIndexes(db, binding, resolved, logger);
+const inspectVectorIndex = async (db: pg.ClientBase) => (await inspectIndex(db, binding, binding.collections.get('memories')!)).state;
 
 beforeAll(async () => {
   db = await createMigratedDatabase();

@@ -2,8 +2,14 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { dedicatedConnection, JOB_LOCK_NAMESPACE, JOB_LOCKS, Scheduler, withJobLock, type Connect } from '../../src/sidecar/jobs.js';
-import { deleteExpiredHistory, enforceMemoryCap } from '../../src/store/retention.js';
+import { deleteExpired, enforceCap, type BatchOptions } from '../../src/store/retention.js';
+import { binding } from '../../src/store/builtin.js';
 import { connect, createMigratedDatabase, insertPersonality, seededVectors, vectorLiteral, type TestDb } from '../helpers/db.js';
+
+// The built-in declaration's jobs, as the sidecar runs them.
+type Db = Parameters<typeof deleteExpired>[0];
+const deleteExpiredHistory = (db: Db, o: BatchOptions & { ttlDays: number }) => deleteExpired(db, binding, binding.jobs.historyTtl!, { ...o, days: o.ttlDays });
+const enforceMemoryCap = (db: Db, o: BatchOptions & { cap: number }) => enforceCap(db, binding, binding.jobs.memoryCap!, { ...o, keep: o.cap });
 
 let db: TestDb;
 let writer: pg.Client;

@@ -23,10 +23,10 @@ function memoryLogger() {
   return { lines, next, logger: pino({ level: 'info' }, stream) };
 }
 
-function info(table: 'memories' | 'personalities', n: number, action: InvalidationInfo['action'] = 'patched'): InvalidationInfo {
+function info(model: 'Memory' | 'Personality', n: number, action: InvalidationInfo['action'] = 'patched'): InvalidationInfo {
   const pid = `00000000-0000-4000-8000-${String(n % 1000).padStart(12, '0')}`;
   return {
-    event: { v: 1, table, op: 'DELETE', scope: 'rows', ids: [pid, pid], personalityIds: [pid], txid: String(n), ts: 0, chunk: 1, chunks: 1 },
+    event: { ms: 2, model, op: 'DELETE', scope: 'rows', fields: ['id', 'personalityId'], rows: [], gone: [[pid], [pid]], txid: String(n), ts: 0, chunk: 1, chunks: 1 },
     action,
     lagMs: n % 7,
     source: 'listen',
@@ -41,22 +41,22 @@ describe('NotificationLog', () => {
     const { lines, logger } = memoryLogger();
     let now = 0;
     const log = new NotificationLog({ logger, ratePerSecond: 5, now: () => now });
-    for (let i = 0; i < 10_000; i++) log.record(info(i % 2 ? 'memories' : 'personalities', i, i % 3 ? 'patched' : 'ignored'));
+    for (let i = 0; i < 10_000; i++) log.record(info(i % 2 ? 'Memory' : 'Personality', i, i % 3 ? 'patched' : 'ignored'));
     now = 1_000; // next window: the previous one is summarized first
-    log.record(info('memories', 1));
+    log.record(info('Memory', 1));
     log.flush();
     await settle();
 
     const detail = lines.filter((l) => l.msg === 'notification');
     const summaries = lines.filter((l) => l.msg === 'notifications aggregated');
     expect(detail).toHaveLength(6); // 5 in the first window, 1 in the second
-    expect(summaries).toHaveLength(4); // 2 tables x 2 actions
-    expect(detail[0]).toMatchObject({ table: 'personalities', op: 'DELETE', ids: 2, personalities: 1, action: 'ignored', lagMs: 0 });
-    expect(detail[0]!.personalityIds).toEqual(['00000000-0000-4000-8000-000000000000']);
+    expect(summaries).toHaveLength(4); // 2 models x 2 actions
+    expect(detail[0]).toMatchObject({ model: 'Personality', op: 'DELETE', rows: 0, gone: 2, action: 'ignored', lagMs: 0 });
+    expect(detail[0]!.fields).toEqual(['id', 'personalityId']);
     const counted = summaries.reduce((n, s) => n + (s.count as number), 0);
     expect(counted + 5).toBe(10_000);
     for (const s of summaries) {
-      expect(s).toMatchObject({ op: 'DELETE', ids: (s.count as number) * 2, maxLagMs: 6 });
+      expect(s).toMatchObject({ op: 'DELETE', gone: (s.count as number) * 2, maxLagMs: 6 });
     }
   });
 
@@ -64,8 +64,8 @@ describe('NotificationLog', () => {
     const { lines, next, logger } = memoryLogger();
     const log = new NotificationLog({ logger, ratePerSecond: 1, windowMs: 20 });
     const summary = next('notifications aggregated');
-    for (let i = 0; i < 3; i++) log.record(info('memories', i));
-    expect(await summary).toMatchObject({ table: 'memories', count: 2, ids: 4 });
+    for (let i = 0; i < 3; i++) log.record(info('Memory', i));
+    expect(await summary).toMatchObject({ model: 'Memory', count: 2, gone: 4 });
     expect(lines.map((l) => l.msg)).toEqual(['notification', 'notifications aggregated']);
   });
 });
@@ -88,11 +88,11 @@ describe('notification log of a running sidecar under a flood', () => {
     const FLOOD = 3_000;
     const sc = await spawnSidecar({ DATABASE_URL: db.url, MEMORY_SYNC_LOG_RATE: String(RATE) });
     const from = sc.mark();
-    // Valid v1 payloads, distinct (identical ones in one transaction would be merged by PostgreSQL).
+    // Valid v2 payloads, distinct (identical ones in one transaction would be merged by PostgreSQL).
     await writer.query(
-      `SELECT pg_notify('cache_invalidation', json_build_object(
-         'v', 1, 'table', 'memories', 'op', 'DELETE', 'scope', 'rows',
-         'ids', json_build_array(gen_random_uuid()), 'personalityIds', json_build_array(gen_random_uuid()),
+      `SELECT pg_notify('memory_sync', json_build_object(
+         'ms', 2, 'model', 'Memory', 'op', 'DELETE', 'scope', 'rows', 'fields', json_build_array('id', 'personalityId'),
+         'rows', json_build_array(), 'gone', json_build_array(json_build_array(gen_random_uuid())),
          'txid', i::text, 'ts', extract(epoch from clock_timestamp()) * 1000, 'chunk', 1, 'chunks', 1)::text)
        FROM generate_series(1, $1) AS i`,
       [FLOOD],
@@ -111,9 +111,9 @@ describe('notification log of a running sidecar under a flood', () => {
     expect(total).toBe(FLOOD);
     expect(detail.length).toBeGreaterThanOrEqual(RATE);
     expect(detail.length).toBeLessThanOrEqual(RATE * seconds);
-    // One summary per window for the single (table, op, action) key.
+    // One summary per window for the single (model, op, action) key.
     expect(flood.length - detail.length).toBeLessThanOrEqual(seconds);
     expect(flood.length).toBeLessThan(FLOOD / 10);
-    expect(detail[0]).toMatchObject({ table: 'memories', op: 'DELETE', ids: 1, personalities: 1, action: 'ignored' });
+    expect(detail[0]).toMatchObject({ model: 'Memory', op: 'DELETE', rows: 0, gone: 1, action: 'ignored' });
   });
 });

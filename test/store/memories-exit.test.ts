@@ -32,7 +32,7 @@ afterAll(async () => {
 
 const onPool = (body: string) => `
   import pg from 'pg';
-  import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/memories.ts`)};
+  import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/builtin.ts`)};
   const pool = new pg.Pool({ connectionString: ${JSON.stringify(db.url)}, max: 1, query_timeout: 30000 });
   ${body}
   await pool.end();
@@ -102,7 +102,7 @@ describe('the embedded backend', () => {
     const r = await runChild(`
       import pino from 'pino';
       import { openEmbedded } from ${JSON.stringify(`${ROOT}src/backend/embedded.ts`)};
-      import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/memories.ts`)};
+      import { streamPersonalityMemories } from ${JSON.stringify(`${ROOT}src/store/builtin.ts`)};
       import { PgliteSource } from ${JSON.stringify(`${ROOT}src/sources/pglite.ts`)};
       const logger = pino({ level: 'silent' });
       const e = await openEmbedded({ logger });

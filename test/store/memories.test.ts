@@ -12,7 +12,7 @@ import {
   searchMemories,
   streamPersonalityMemories,
   type MemoryRow,
-} from '../../src/store/memories.js';
+} from '../../src/store/builtin.js';
 import { postgresDatabase, type Database } from '../../src/backend/queryable.js';
 import { createMigratedDatabase, seededVectors, type TestDb } from '../helpers/db.js';
 
@@ -152,9 +152,9 @@ describe.each(BACKENDS)('memories on %s', (name) => {
     expect(await fetchMemoriesByIds(db(), [])).toEqual([]);
   });
 
-  it('streamPersonalityMemories yields every row newest first, as the SELECT orders them, across pages and tied timestamps', async () => {
+  it('streamPersonalityMemories yields every row in id order (keyset pages on PGlite), across pages and tied timestamps', async () => {
     const truth = (
-      await db().query<{ id: string }>(`SELECT id FROM memories WHERE "personalityId" = $1 ORDER BY "createdAt" DESC, id`, [BIG_PID])
+      await db().query<{ id: string }>(`SELECT id FROM memories WHERE "personalityId" = $1 ORDER BY id`, [BIG_PID])
     ).rows.map((r) => r.id);
     expect(truth).toHaveLength(BIG);
     const { n, rows } = await streamAll(db(), BIG_PID, BIG + 100);
@@ -175,8 +175,8 @@ describe.each(BACKENDS)('memories on %s', (name) => {
 
   it('streamPersonalityMemories stops at the limit, when onRow returns false, and when aborted', async () => {
     const all = (await streamAll(db(), PID, 1000)).rows;
-    expect(all.map((r) => r.id)).toEqual(VECTORS.map((_, i) => memoryId(i)).reverse());
-    expect(all[0]!.embedding).toEqual(VECTORS[VECTORS.length - 1]);
+    expect(all.map((r) => r.id)).toEqual(VECTORS.map((_, i) => memoryId(i)).sort());
+    expect(all[0]!.embedding).toEqual(VECTORS[VECTORS.map((_, i) => memoryId(i)).indexOf(all[0]!.id)]);
 
     const limited = await streamAll(db(), BIG_PID, 10);
     expect(limited.n).toBe(10);

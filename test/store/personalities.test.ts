@@ -2,7 +2,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
-import { deletePersonality, loadPersonality, upsertPersonality } from '../../src/store/personalities.js';
+import { deletePersonality, loadPersonality, upsertPersonality } from '../../src/store/builtin.js';
 import { createPrisma, type PrismaClient } from '../../src/backend/prisma.js';
 import { postgresDatabase, type Database } from '../../src/backend/queryable.js';
 import { ConflictError, ValidationError } from '../../src/contract/errors.js';
@@ -108,7 +108,7 @@ describe.each(BACKENDS)('personalities on %s', (name) => {
     const input = body(`same-${name}`, { llmConfig: { model: 'm', temperature: 1 } });
     const events: string[] = [];
     let marked!: () => void;
-    await b().listen('cache_invalidation', (p) => events.push(p));
+    await b().listen('memory_sync', (p) => events.push(p));
     await b().listen('test_marker', () => marked());
     const barrier = async () => {
       const seen = new Promise<void>((resolve) => (marked = resolve));
@@ -117,7 +117,7 @@ describe.each(BACKENDS)('personalities on %s', (name) => {
     };
     const first = await upsertPersonality(db(), id, input);
     await barrier();
-    expect(events.map((e) => JSON.parse(e)).map((e) => `${e.table}.${e.op}`).sort()).toEqual(['llm_configs.INSERT', 'personalities.INSERT']);
+    expect(events.map((e) => JSON.parse(e)).map((e) => `${e.model}.${e.op}`).sort()).toEqual(['LlmConfig.INSERT', 'Personality.INSERT']);
     events.length = 0;
 
     const again = await upsertPersonality(db(), id, input);

@@ -295,7 +295,7 @@ BEGIN
     RETURN NULL;
   END IF;
   IF TG_OP = 'INSERT' THEN
-    _ms_fields := '["id","name"]';
+    _ms_fields := '["id"]';
     _ms_budget := 7900 - octet_length(_ms_head) - octet_length(_ms_fields) - 120 - 1000;
     SELECT array_agg(_ms_head || ',"scope":"rows","fields":' || _ms_fields || ',"rows":[' || coalesce(ms_r, '') || '],"gone":[' || coalesce(ms_g, '') || '],"chunk":' || (ms_grp + 1) || ',"chunks":' || ms_chunks || '}' ORDER BY ms_grp),
            coalesce(max(ms_wide), 0)
@@ -306,7 +306,7 @@ BEGIN
                            string_agg(ms_j, ',' ORDER BY ms_k, ms_j) FILTER (WHERE ms_k = 'g') AS ms_g,
                            max(octet_length(ms_j)) AS ms_wide
                       FROM (SELECT ms_k, ms_j, sum(octet_length(ms_j) + 1) OVER (ORDER BY ms_k, ms_j) AS ms_cum
-                              FROM (SELECT DISTINCT ms_k, ms_j FROM (SELECT 'r' AS ms_k, json_build_array(n."id"::text, n."name"::text)::text AS ms_j FROM new_rows n) ms_x) ms_d) ms_s
+                              FROM (SELECT DISTINCT ms_k, ms_j FROM (SELECT 'r' AS ms_k, json_build_array(n."id"::text)::text AS ms_j FROM new_rows n) ms_x) ms_d) ms_s
                      GROUP BY 1) ms_q) ms_p;
     IF _ms_out IS NULL THEN
       RETURN NULL; -- nothing that any cache reads changed
@@ -319,7 +319,7 @@ BEGIN
     END IF;
   END IF;
   IF TG_OP = 'UPDATE' THEN
-    _ms_fields := '["id","name"]';
+    _ms_fields := '["id"]';
     _ms_budget := 7900 - octet_length(_ms_head) - octet_length(_ms_fields) - 120 - 1000;
     SELECT array_agg(_ms_head || ',"scope":"rows","fields":' || _ms_fields || ',"rows":[' || coalesce(ms_r, '') || '],"gone":[' || coalesce(ms_g, '') || '],"chunk":' || (ms_grp + 1) || ',"chunks":' || ms_chunks || '}' ORDER BY ms_grp),
            coalesce(max(ms_wide), 0)
@@ -330,7 +330,7 @@ BEGIN
                            string_agg(ms_j, ',' ORDER BY ms_k, ms_j) FILTER (WHERE ms_k = 'g') AS ms_g,
                            max(octet_length(ms_j)) AS ms_wide
                       FROM (SELECT ms_k, ms_j, sum(octet_length(ms_j) + 1) OVER (ORDER BY ms_k, ms_j) AS ms_cum
-                              FROM (SELECT DISTINCT ms_k, ms_j FROM (SELECT 'r' AS ms_k, json_build_array(n."id"::text, n."name"::text)::text AS ms_j FROM new_rows n LEFT JOIN old_rows o ON o."id" = n."id"
+                              FROM (SELECT DISTINCT ms_k, ms_j FROM (SELECT 'r' AS ms_k, json_build_array(n."id"::text)::text AS ms_j FROM new_rows n LEFT JOIN old_rows o ON o."id" = n."id"
               WHERE o."id" IS NULL OR ROW(o."id", o."name", o."displayName", o."systemPrompt", o."isActive", o."createdAt", o."updatedAt")::text IS DISTINCT FROM ROW(n."id", n."name", n."displayName", n."systemPrompt", n."isActive", n."createdAt", n."updatedAt")::text
              UNION ALL
              SELECT 'g', json_build_array(o."id"::text)::text FROM old_rows o WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n."id" = o."id")) ms_x) ms_d) ms_s
@@ -346,7 +346,7 @@ BEGIN
     END IF;
   END IF;
   IF TG_OP = 'DELETE' THEN
-    _ms_fields := '["id","name"]';
+    _ms_fields := '["id"]';
     _ms_budget := 7900 - octet_length(_ms_head) - octet_length(_ms_fields) - 120 - 1000;
     SELECT array_agg(_ms_head || ',"scope":"rows","fields":' || _ms_fields || ',"rows":[' || coalesce(ms_r, '') || '],"gone":[' || coalesce(ms_g, '') || '],"chunk":' || (ms_grp + 1) || ',"chunks":' || ms_chunks || '}' ORDER BY ms_grp),
            coalesce(max(ms_wide), 0)
@@ -374,7 +374,7 @@ BEGIN
   RETURN NULL;
 END
 $memory_sync$;
-COMMENT ON FUNCTION "memory_sync_personalities_2b1faab4"() IS 'memory-sync v2 5d62401a6579eae695104cae143ef507c6b4ccc6ba8f7a0135e462418ebbb419';
+COMMENT ON FUNCTION "memory_sync_personalities_2b1faab4"() IS 'memory-sync v2 74ea57b240df3af065d165c74cad87df45eef83327dd0b5ae00ecc6b63927d46';
 CREATE OR REPLACE TRIGGER memory_sync_insert AFTER INSERT ON "personalities" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "memory_sync_personalities_2b1faab4"();
 CREATE OR REPLACE TRIGGER memory_sync_update AFTER UPDATE ON "personalities" REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "memory_sync_personalities_2b1faab4"();
 CREATE OR REPLACE TRIGGER memory_sync_delete AFTER DELETE ON "personalities" REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION "memory_sync_personalities_2b1faab4"();

@@ -114,12 +114,13 @@ let txid = 1000;
 /** A valid change event with a fresh txid. */
 export function change(over: Partial<ChangeEvent> = {}): ChangeEvent {
   return {
-    v: 1,
-    table: 'memories',
+    ms: 2,
+    model: 'Memory',
     op: 'INSERT',
     scope: 'rows',
-    ids: [randomUUID()],
-    personalityIds: [randomUUID()],
+    fields: ['id', 'personalityId'],
+    rows: [[randomUUID(), randomUUID()]],
+    gone: [],
     txid: String(txid++),
     ts: performance.timeOrigin + performance.now(),
     chunk: 1,
