@@ -1,7 +1,18 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EMBEDDING_DIMENSION, assertUuid, normalizeInto, parseEmbedding } from '../src/embedding.js';
+import {
+  EMBEDDING_DIMENSION,
+  NORM_SQRT_MAX,
+  NORM_SQRT_MIN,
+  NORM_SQUARED_MAX,
+  NORM_SQUARED_MIN,
+  assertUuid,
+  normalizeInto,
+  parseEmbedding,
+  searchable,
+  squaredNorm,
+} from '../src/embedding.js';
 import { ValidationError } from '../src/contract/errors.js';
 import { MIGRATIONS_DIR, ROOT, connect, createDatabase, seededVectors, vectorLiteral, type TestDb } from './helpers/db.js';
 
@@ -38,6 +49,18 @@ describe('input validation', () => {
     expect(() => parseEmbedding(value)).toThrow(message);
   });
 
+  it('checks the dimension it is given, and names the field it is given', () => {
+    expect(Array.from(parseEmbedding([1, 2, 3], 3))).toEqual([1, 2, 3]);
+    expect(parseEmbedding(new Float64Array([0.5, 0.25]), 2)).toEqual(new Float32Array([0.5, 0.25]));
+    expect(() => parseEmbedding(good, 384)).toThrow(/embedding: must have 384 dimensions, got 1536/);
+    expect(() => parseEmbedding([1, 2, 3], 4, 'query')).toThrow(/query: must have 4 dimensions, got 3/);
+    expect(() => parseEmbedding('x', 4, 'query')).toThrow(/query: must be an array of 4 numbers/);
+    expect(() => parseEmbedding([1, Number.NaN], 2, 'vector')).toThrow(/vector\[1\]: must be a finite number/);
+    expect(() => parseEmbedding([0, 0], 2, 'vector')).toThrow(/vector: must not be the zero vector/);
+    // The default is EMBEDDING_DIMENSION.
+    expect(() => parseEmbedding([1, 2, 3])).toThrow(`must have ${EMBEDDING_DIMENSION} dimensions, got 3`);
+  });
+
   it('checks UUIDs', () => {
     expect(assertUuid('6F9619FF-8B86-D011-B42D-00C04FC964FF', 'id')).toBe('6f9619ff-8b86-d011-b42d-00c04fc964ff');
     expect(() => assertUuid('42', 'personalityId')).toThrow(/personalityId: must be a UUID/);
@@ -46,19 +69,30 @@ describe('input validation', () => {
 });
 
 /*
- * The float32 squared norm (as pgvector's <=> and the kernels sum it) must be
- * a normal positive float32: from 2^-126 up to 3.4e38.
+ * The rule: a vector is valid and searchable iff its squared norm, summed in
+ * float64 from its float32 values, lies in [2^-126, 2^126]. pgvector's
+ * vector_norm() is the square root of the same float64 sum, so SQL applies
+ * it as `vector_norm(v) BETWEEN 2^-63 AND 2^63`.
  */
 const D = EMBEDDING_DIMENSION;
-const filled = (x: number) => new Array<number>(D).fill(x);
-const oneHot = (x: number, at = 5) => filled(0).map((_, i) => (i === at ? x : 0));
-/** The float32 just below `x` (x > 0, normal). */
-const below = (x: number) => {
+const filled = (x: number, d = D) => new Array<number>(d).fill(x);
+const oneHot = (x: number, at = 5, d = D) => filled(0, d).map((_, i) => (i === at ? x : 0));
+/** The float32 next to `x` (x > 0, normal): one step down or up. */
+const step = (x: number, by: number) => {
   const f = new Float32Array([x]);
-  new Uint32Array(f.buffer)[0]! -= 1;
+  new Uint32Array(f.buffer)[0]! += by;
   return f[0]!;
 };
-const MIN_NORMAL_SQRT = 2 ** -63; // its square is 2^-126, the smallest normal float32
+const below = (x: number) => step(x, -1);
+const above = (x: number) => step(x, 1);
+const LOW = 2 ** -63; // one-hot: squared norm exactly 2^-126
+const HIGH = 2 ** 63; // one-hot: squared norm exactly 2^126
+/**
+ * Filled with this float32, the float64 sum is at least 2^-126 while a float32
+ * running sum (how 0.1's rule and pgvector's <=> add) ends just below it:
+ * the rule is the float64 one.
+ */
+const FLOAT64_ONLY = 2.7663981221391972e-21;
 
 /** Cosine in float64 from the float32 values: the true answer. */
 function trueCosine(a: Float32Array, b: Float32Array): number {
@@ -85,45 +119,93 @@ function hotCosine(a: Float32Array, b: Float32Array): number {
 }
 
 const accepted: Array<[string, number[]]> = [
-  ['one-hot 2^-63 (squared norm exactly 2^-126)', oneHot(MIN_NORMAL_SQRT)],
-  ['3e-21 everywhere (subnormal squares, normal sum)', filled(3e-21)],
-  ['one-hot 1.8e19 (squared norm 3.24e38)', oneHot(1.8e19)],
-  ['4e17 everywhere (squared norm 2.5e38)', filled(4e17)],
+  ['one-hot 2^-63 (squared norm exactly 2^-126)', oneHot(LOW)],
+  ['3e-21 everywhere (subnormal float32 squares, float64 sum above 2^-126)', filled(3e-21)],
+  ['2.7663981e-21 everywhere (float64 sum above 2^-126, float32 sum below)', filled(FLOAT64_ONLY)],
+  ['one-hot 2^63 (squared norm exactly 2^126)', oneHot(HIGH)],
+  ['2.3e17 everywhere (squared norm 8.1e37)', filled(2.3e17)],
   ['a normal vector with one subnormal value', filled(0.01).map((x, i) => (i === 9 ? 1e-40 : x))],
 ];
 
-describe('embedding norm boundary (float32, as pgvector computes it)', () => {
-  it.each([
-    ['1e-30 everywhere (squared norm underflows to 0)', filled(1e-30), /embedding: is too small/],
-    ['one-hot just below 2^-63 (subnormal squared norm)', oneHot(below(MIN_NORMAL_SQRT)), /embedding: is too small/],
-    ['2e-21 everywhere (sum of subnormal squares stays subnormal)', filled(2e-21), /embedding: is too small/],
-    ['subnormal float32 values only', filled(1e-40), /embedding: is too small/],
-    ['values that round to 0 in float32', filled(1e-50), /embedding: is too small/],
-    ['one subnormal value, the rest 0', oneHot(1e-39), /embedding: is too small/],
-    ['one-hot 1.9e19 (squared norm overflows float32)', oneHot(1.9e19), /embedding: is too large/],
-    ['5e17 everywhere (sum overflows float32)', filled(5e17), /embedding: is too large/],
-    ['the largest float32 in one place', oneHot(3.4028234e38), /embedding: is too large/],
-  ])('rejects %s', (_n, value, message) => {
-    const err = (() => {
-      try {
-        parseEmbedding(value);
-      } catch (e) {
-        return e;
-      }
-      return undefined;
-    })();
+const rejected: Array<[string, number[], RegExp]> = [
+  ['1e-30 everywhere (squared norm 1.5e-57)', filled(1e-30), /embedding: is too small/],
+  ['one-hot just below 2^-63', oneHot(below(LOW)), /embedding: is too small/],
+  ['the float32 below 2.7663981e-21 everywhere', filled(below(FLOAT64_ONLY)), /embedding: is too small/],
+  ['2e-21 everywhere (squared norm 6.1e-39)', filled(2e-21), /embedding: is too small/],
+  ['subnormal float32 values only', filled(1e-40), /embedding: is too small/],
+  ['one subnormal value, the rest 0', oneHot(1e-39), /embedding: is too small/],
+  ['values that round to 0 in float32', filled(1e-50), /embedding: must not be the zero vector/],
+  ['one-hot just above 2^63', oneHot(above(HIGH)), /embedding: is too large/],
+  ['2.4e17 everywhere (squared norm 8.8e37)', filled(2.4e17), /embedding: is too large/],
+  // Below float32's overflow, so 0.1's rule took them; above 2^126, so this one does not.
+  ['one-hot 1.8e19 (squared norm 3.24e38)', oneHot(1.8e19), /embedding: is too large/],
+  ['4e17 everywhere (squared norm 2.5e38)', filled(4e17), /embedding: is too large/],
+  ['5e17 everywhere', filled(5e17), /embedding: is too large/],
+  ['the largest float32 in one place', oneHot(3.4028234e38), /embedding: is too large/],
+];
+
+function rejection(value: unknown, dimension?: number): unknown {
+  try {
+    parseEmbedding(value, dimension);
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+
+describe('embedding norm rule: squared norm in [2^-126, 2^126], summed in float64', () => {
+  it('has its bounds where the rule says', () => {
+    expect(NORM_SQUARED_MIN).toBe(2 ** -126);
+    expect(NORM_SQUARED_MAX).toBe(2 ** 126);
+    expect(NORM_SQRT_MIN ** 2).toBe(NORM_SQUARED_MIN);
+    expect(NORM_SQRT_MAX ** 2).toBe(NORM_SQUARED_MAX);
+    expect(squaredNorm(new Float32Array(oneHot(LOW)))).toBe(NORM_SQUARED_MIN);
+    expect(squaredNorm(new Float32Array(oneHot(HIGH)))).toBe(NORM_SQUARED_MAX);
+  });
+
+  it('sums in float64: the vector a float32 running sum would put below 2^-126 is above it', () => {
+    const v = new Float32Array(filled(FLOAT64_ONLY));
+    expect(v[0]).toBe(FLOAT64_ONLY); // a float32 value
+    let float32Sum = 0;
+    for (const x of v) float32Sum = Math.fround(float32Sum + Math.fround(x * x));
+    expect(float32Sum).toBeLessThan(2 ** -126);
+    expect(squaredNorm(v)).toBeGreaterThanOrEqual(2 ** -126);
+    expect(searchable(v)).toBe(true);
+  });
+
+  it.each(rejected)('rejects %s', (_n, value, message) => {
+    const err = rejection(value);
     expect(err).toBeInstanceOf(ValidationError);
     expect((err as ValidationError).field).toBe('embedding');
     expect((err as ValidationError).message).toMatch(message);
+    expect(searchable(new Float32Array(value))).toBe(false);
   });
 
-  it.each(accepted)('accepts %s, with a finite, correct cosine on the hot path', (_n, value) => {
+  it.each(accepted)('accepts %s, searchable, with a finite, correct cosine on the hot path', (_n, value) => {
     const v = parseEmbedding(value);
+    expect(searchable(v)).toBe(true);
     const [q] = seededVectors(11, 1);
     const truth = trueCosine(v, q!);
     const hot = hotCosine(v, q!);
     expect(Number.isFinite(hot)).toBe(true);
     expect(hot).toBeCloseTo(truth, 5);
+  });
+
+  it('the bounds are on the norm, not per value: the dimension moves them for filled vectors', () => {
+    // 4 × (2^-64)² = 2^-126 exactly; 3 × (2^-64)² is below.
+    expect(Array.from(parseEmbedding(filled(2 ** -64, 4), 4))).toEqual(filled(2 ** -64, 4));
+    expect(() => parseEmbedding(filled(2 ** -64, 3), 3)).toThrow(/embedding: is too small/);
+    // 4 × (2^62)² = 2^126 exactly; 5 × (2^62)² is above.
+    expect(parseEmbedding(filled(2 ** 62, 4), 4)).toHaveLength(4);
+    expect(() => parseEmbedding(filled(2 ** 62, 5), 5)).toThrow(/embedding: is too large/);
+    expect(searchable(new Float32Array(filled(2 ** 62, 4)))).toBe(true);
+    expect(searchable(new Float32Array(filled(2 ** 62, 5)))).toBe(false);
+  });
+
+  it('searchable() is false for vectors written around parseEmbedding: zero, NaN, Infinity', () => {
+    expect(searchable(new Float32Array(D))).toBe(false);
+    expect(searchable(new Float32Array(oneHot(Number.NaN)))).toBe(false);
+    expect(searchable(new Float32Array(oneHot(Infinity)))).toBe(false);
   });
 
   it('normalizeInto scales to unit length and writes zeros (not NaN) for a vector with no direction', () => {
@@ -138,7 +220,7 @@ describe('embedding norm boundary (float32, as pgvector computes it)', () => {
   });
 });
 
-describe('embedding norm boundary in pgvector', () => {
+describe('embedding norm rule in pgvector', () => {
   let db: TestDb;
   let c: pg.Client;
   beforeAll(async () => {
@@ -156,14 +238,55 @@ describe('embedding norm boundary in pgvector', () => {
     for (const [name, value] of accepted) {
       const v = parseEmbedding(value);
       await c.query('INSERT INTO v VALUES ($1, $2::vector)', [name, vectorLiteral(v)]);
-      const { rows } = await c.query<{ similarity: number }>('SELECT 1 - (e <=> $2::vector) AS similarity FROM v WHERE name = $1', [
-        name,
-        vectorLiteral(q!),
-      ]);
+      const { rows } = await c.query<{ similarity: number; stored: string }>(
+        'SELECT 1 - (e <=> $2::vector) AS similarity, e::text AS stored FROM v WHERE name = $1',
+        [name, vectorLiteral(q!)],
+      );
+      expect(rows, name).toHaveLength(1);
       expect(Number.isFinite(rows[0]!.similarity), name).toBe(true);
       expect(rows[0]!.similarity, name).toBeCloseTo(trueCosine(v, q!), 3);
       expect(rows[0]!.similarity, name).toBeCloseTo(hotCosine(v, q!), 3);
     }
+  });
+
+  // Vectors that need not have passed parseEmbedding (rows written by other programs).
+  const boundary: Array<[string, number[]]> = [
+    ['one-hot 2^-63 exactly', oneHot(LOW)],
+    ['one-hot just below 2^-63', oneHot(below(LOW))],
+    ['one-hot just above 2^-63', oneHot(above(LOW))],
+    ['one-hot 2^63 exactly', oneHot(HIGH)],
+    ['one-hot just below 2^63', oneHot(below(HIGH))],
+    ['one-hot just above 2^63', oneHot(above(HIGH))],
+    ['2.7663981e-21 everywhere', filled(FLOAT64_ONLY)],
+    ['the float32 below 2.7663981e-21 everywhere', filled(below(FLOAT64_ONLY))],
+    ['2.3e17 everywhere', filled(2.3e17)],
+    ['2.4e17 everywhere', filled(2.4e17)],
+    ['1e-30 everywhere', filled(1e-30)],
+    ['the zero vector', filled(0)],
+  ];
+
+  it.each(boundary)('vector_norm(v) BETWEEN 2^-63 AND 2^63 agrees with searchable(): %s', async (_n, value) => {
+    const v = new Float32Array(value);
+    const { rows } = await c.query<{ literal: boolean; bounds: boolean; norm: number }>(
+      `SELECT vector_norm($1::vector) BETWEEN 2::float8 ^ (-63) AND 2::float8 ^ 63 AS literal,
+              vector_norm($1::vector) BETWEEN ${NORM_SQRT_MIN} AND ${NORM_SQRT_MAX} AS bounds,
+              vector_norm($1::vector) AS norm`,
+      [vectorLiteral(v)],
+    );
+    // The SQL text the store builds from the constants, and the rule as written, say the same.
+    expect(rows[0]!.bounds).toBe(rows[0]!.literal);
+    expect(rows[0]!.literal).toBe(searchable(v));
+    // The same float64 sum: exact for one nonzero value; pgvector adds many in its own
+    // (vectorized) order, so there the last bits may differ.
+    const norm = Math.sqrt(squaredNorm(v));
+    if (v.filter((x) => x !== 0).length <= 1) expect(rows[0]!.norm).toBe(norm);
+    else expect(Math.abs(rows[0]!.norm - norm)).toBeLessThanOrEqual(norm * 1e-12);
+  });
+
+  it('the boundary cases fall on both sides of the rule', () => {
+    const verdicts = boundary.map(([, value]) => searchable(new Float32Array(value)));
+    expect(verdicts.filter(Boolean).length).toBe(6);
+    expect(verdicts.filter((x) => !x).length).toBe(6);
   });
 
   it('why: pgvector ranks a 1e-30 vector first at similarity 1, whatever the query', async () => {

@@ -7,8 +7,9 @@ import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATA_DIR_LOCK_FILE, applyEmbeddedMigrations, openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
-import { insertMemory, searchMemories } from '../../src/store/memories.js';
+import { insertMemory, searchMemories } from '../../src/store/builtin.js';
 import { ConfigError, PermanentError } from '../../src/contract/errors.js';
+import { parsePayload } from '../../src/contract/change-event.js';
 import { MIGRATIONS_DIR, connect, createMigratedDatabase, seededVectors, type TestDb } from '../helpers/db.js';
 
 const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -119,10 +120,24 @@ describe('the embedded database (PGlite + pgvector): the facts issue 8 relies on
   it('statement-level triggers with transition tables: one multi-row statement, one notification naming every row; none on rollback', async () => {
     const db = reopened!.db;
     const seen: string[] = [];
-    const unlisten = await db.listen('cache_invalidation', (p) => seen.push(p));
+    const old: string[] = [];
+    const unlisten = await db.listen('memory_sync', (p) => seen.push(p));
+    const unlistenOld = await db.listen('cache_invalidation', (p) => old.push(p));
     let marked!: () => void;
-    const marker = new Promise<void>((resolve) => (marked = resolve));
+    let marker = new Promise<void>((resolve) => (marked = resolve));
     const unlistenMarker = await db.listen('test_marker', () => marked());
+    /** Sends a marker after everything so far and waits for it: all earlier notifications have been delivered. */
+    const delivered = async () => {
+      await db.query(`NOTIFY test_marker`);
+      await marker;
+      marker = new Promise<void>((resolve) => (marked = resolve));
+      const events = seen.splice(0).map((raw) => {
+        const parsed = parsePayload(raw);
+        expect(parsed.ok, parsed.ok ? '' : parsed.reason).toBe(true);
+        return (parsed as Extract<typeof parsed, { ok: true }>).event;
+      });
+      return events;
+    };
     try {
       const ids = (
         await db.query<{ id: string }>(
@@ -130,19 +145,33 @@ describe('the embedded database (PGlite + pgvector): the facts issue 8 relies on
            SELECT 'bulk' || g, 'B', 'p', now() FROM generate_series(1, 3) g RETURNING id`,
         )
       ).rows.map((r) => r.id);
+      const keys = ids.map((id) => [id]).sort();
       await db.transaction(async (tx) => {
         await tx.query(`UPDATE personalities SET "displayName" = 'rolled back' WHERE id = $1`, [ids[0]]);
         await tx.rollback();
       });
-      // A marker sent after both: everything before it has been delivered.
-      await db.query(`NOTIFY test_marker`);
-      await marker;
-      expect(seen).toHaveLength(1);
-      const event = JSON.parse(seen[0]!);
-      expect(event).toMatchObject({ v: 1, table: 'personalities', op: 'INSERT', scope: 'rows', chunk: 1, chunks: 1 });
-      expect([...event.ids].sort()).toEqual([...ids].sort());
+      let events = await delivered();
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ ms: 2, model: 'Personality', op: 'INSERT', scope: 'rows', fields: ['id'], gone: [], chunk: 1, chunks: 1 });
+      expect([...events[0]!.rows].sort()).toEqual(keys);
+
+      // UPDATE reads both transition tables (old_rows joined to new_rows).
+      await db.query(`UPDATE personalities SET "displayName" = 'C' WHERE id = ANY($1::uuid[])`, [ids]);
+      events = await delivered();
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ model: 'Personality', op: 'UPDATE', scope: 'rows', gone: [] });
+      expect([...events[0]!.rows].sort()).toEqual(keys);
+
+      await db.query(`DELETE FROM personalities WHERE id = ANY($1::uuid[])`, [ids]);
+      events = await delivered();
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ model: 'Personality', op: 'DELETE', scope: 'rows', rows: [] });
+      expect([...events[0]!.gone].sort()).toEqual(keys);
+      // 0.1's channel is silent: its trigger function is gone.
+      expect(old).toEqual([]);
     } finally {
       await unlisten();
+      await unlistenOld();
       await unlistenMarker();
     }
   });

@@ -7,7 +7,6 @@ import { adopt, compareTables, IncompatibleSchemaError, missingIndexes, type Tab
 import { migrate } from '../../src/migrations/migrate.js';
 import {
   MIGRATIONS_DIR,
-  ROOT,
   SCHEMA_PATH,
   connect,
   createDatabase,
@@ -17,10 +16,10 @@ import {
   type TestDb,
 } from '../helpers/db.js';
 import { NotificationRecorder } from '../helpers/notifications.js';
+import { parsePayload } from '../../src/contract/change-event.js';
 
 const OURS = readdirSync(MIGRATIONS_DIR, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
-const SQL_DIR = join(ROOT, 'sql');
-const opts = (url: string) => ({ databaseUrl: url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH, sqlDir: SQL_DIR });
+const opts = (url: string) => ({ databaseUrl: url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH });
 
 // The bot's tables as its own Prisma project made them: memory-sync's tables
 // (the init migration up to the triggers) plus its own columns and tables.
@@ -30,6 +29,10 @@ const BOT_EXTRAS = `
 ALTER TABLE "personalities" ADD COLUMN "avatarUrl" TEXT NOT NULL DEFAULT '', ADD COLUMN "ownerId" TEXT;
 ALTER TABLE "memories" ADD COLUMN "importance" INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE "guild_settings" ("id" SERIAL PRIMARY KEY, "guildId" TEXT NOT NULL, "prefix" TEXT NOT NULL);
+-- The bot's own row trigger: every write to memories leaves a line.
+CREATE TABLE "memory_audit" ("id" SERIAL PRIMARY KEY, "op" TEXT NOT NULL, "at" TIMESTAMPTZ NOT NULL DEFAULT now());
+CREATE FUNCTION bot_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO memory_audit (op) VALUES (TG_OP); RETURN NULL; END $$;
+CREATE TRIGGER bot_audit AFTER INSERT OR UPDATE OR DELETE ON "memories" FOR EACH ROW EXECUTE FUNCTION bot_audit();
 `;
 
 /** A database made by the bot's Prisma migrations (so `_prisma_migrations` holds the bot's row). */
@@ -74,15 +77,16 @@ async function catalog(url: string): Promise<string> {
   }
 }
 
-/** memory-sync's own objects (triggers, notify function, vector index), as defined in the catalog. */
+/** memory-sync's own objects (triggers, generated functions with their fingerprints, vector index), as defined in the catalog. */
 async function memorySyncObjects(url: string): Promise<string[]> {
   const c = await connect(url);
   try {
     const r = await c.query<{ x: string }>(`
       SELECT x FROM (
-        SELECT pg_get_triggerdef(oid) || ' ' || tgenabled::text AS x FROM pg_trigger WHERE tgname LIKE 'memory_sync_%'
+        SELECT pg_get_triggerdef(oid) || ' ' || tgenabled::text AS x FROM pg_trigger WHERE tgname LIKE 'memory\\_sync\\_%'
         UNION ALL
-        SELECT 'function ' || md5(prosrc) FROM pg_proc WHERE proname = 'memory_sync_notify'
+        SELECT 'function ' || proname || ' ' || md5(prosrc) || ' ' || coalesce(obj_description(oid, 'pg_proc'), '-')
+          FROM pg_proc WHERE proname LIKE 'memory\\_sync\\_%'
         UNION ALL
         SELECT pg_get_indexdef(indexrelid) || ' ' || indisvalid FROM pg_index WHERE indexrelid = to_regclass('idx_memories_embedding')
       ) s ORDER BY x`);
@@ -135,7 +139,32 @@ describe('adopt: a database whose tables the bot already made', () => {
 
   it('installs triggers and the index, records the migrations, keeps the rows; migrate is then a no-op', async () => {
     expect(await memorySyncObjects(bot.url)).toEqual([]);
-    const result = await adopt(opts(bot.url));
+    const listener = await connect(bot.url);
+    const recorder = await NotificationRecorder.on(listener);
+    await listener.query('LISTEN memory_sync');
+    const rowVersions = async () =>
+      (await listener.query(`SELECT 'p' || xmin::text || ctid::text AS v FROM personalities UNION ALL SELECT 'm' || xmin::text || ctid::text FROM memories ORDER BY 1`)).rows;
+    const versions = await rowVersions();
+    const auditLines = async () => (await listener.query('SELECT count(*)::int AS n FROM memory_audit')).rows[0].n as number;
+    const audited = await auditLines();
+    expect(audited).toBe(1); // the fixture's insert
+    // Sequences ignore rollbacks: the audit ids drawn show the bot's trigger ran during the proof.
+    const drawn = async () => Number((await listener.query('SELECT last_value FROM memory_audit_id_seq')).rows[0].last_value);
+    const drawnBefore = await drawn();
+    let result: Awaited<ReturnType<typeof adopt>>;
+    try {
+      result = await adopt(opts(bot.url));
+      // The proof ran its INSERT, UPDATE and DELETE (and a real update, delete and re-insert of a
+      // row, through the bot's own triggers) in a transaction that was rolled back: nothing was
+      // notified, no row has a new version, the bot's audit trigger left no new line.
+      await recorder.settle(listener);
+      expect(recorder.take()).toEqual([]);
+      expect(await rowVersions()).toEqual(versions);
+      expect(await auditLines()).toBe(audited);
+      expect(await drawn()).toBeGreaterThan(drawnBefore);
+    } finally {
+      await listener.end();
+    }
     // The bot's tables lack the TTL index a later migration adds: built, so the record is true.
     expect(result).toEqual({ recorded: OURS, alreadyRecorded: [], vectorIndex: 'created', indexesCreated: ['conversation_history_createdAt_idx'] });
 
@@ -171,11 +200,12 @@ describe('adopt: a database whose tables the bot already made', () => {
     expect((await migrate({ databaseUrl: bot.url, migrationsDir: MIGRATIONS_DIR, schemaPath: SCHEMA_PATH })).applied).toEqual([]);
   });
 
-  it('the triggers then fire on cache_invalidation', async () => {
+  it('the triggers then fire on memory_sync, with v2 payloads naming the keys', async () => {
     const listener = await connect(bot.url);
     const writer = await connect(bot.url);
     try {
-      const recorder = await NotificationRecorder.on(listener);
+      const recorder = await NotificationRecorder.on(listener); // LISTENs on 0.1's cache_invalidation too: nothing comes there
+      await listener.query('LISTEN memory_sync');
       const id = randomUUID();
       const [v] = seededVectors(8, 1);
       await writer.query(`INSERT INTO memories (id, "personalityId", "channelId", content, embedding) VALUES ($1, $2, 'c2', 'more', $3::vector)`, [
@@ -184,13 +214,18 @@ describe('adopt: a database whose tables the bot already made', () => {
         vectorLiteral(v!),
       ]);
       await writer.query(`UPDATE personalities SET "displayName" = 'Ada L.' WHERE id = $1`, [personalityId]);
+      await writer.query(`DELETE FROM memories WHERE id = $1`, [id]);
       await recorder.settle(writer);
+      expect(recorder.received.map((r) => r.channel)).toEqual(['memory_sync', 'memory_sync', 'memory_sync']);
       const events = recorder.take();
-      expect(events.map((e) => [e.table, e.op])).toEqual([
-        ['memories', 'INSERT'],
-        ['personalities', 'UPDATE'],
+      for (const e of events) expect(parsePayload(e.raw)).toMatchObject({ ok: true });
+      expect(events).toMatchObject([
+        { ms: 2, model: 'Memory', op: 'INSERT', scope: 'rows', fields: ['id', 'personalityId'], rows: [[id, personalityId]], gone: [] },
+        { ms: 2, model: 'Personality', op: 'UPDATE', scope: 'rows', fields: ['id'], rows: [[personalityId]], gone: [] },
+        { ms: 2, model: 'Memory', op: 'DELETE', scope: 'rows', rows: [], gone: [[id]] },
       ]);
-      expect(events[0]).toMatchObject({ ids: [id], personalityIds: [personalityId] });
+      // Keys only: not the bot's extra columns, not the content.
+      for (const e of events) expect(e.raw).not.toMatch(/more|importance|Ada L\./);
     } finally {
       await Promise.all([listener.end(), writer.end()]);
     }
@@ -214,7 +249,9 @@ describe('adopt with record: false (your own migrations carry the SQL)', () => {
 
   it('installs the triggers and the index and records nothing', async () => {
     expect(await adopt({ ...opts(db.url), record: false })).toMatchObject({ recorded: [], alreadyRecorded: [], vectorIndex: 'created' });
-    expect(await memorySyncObjects(db.url)).toHaveLength(14); // 12 triggers, the function, the index
+    const objects = await memorySyncObjects(db.url);
+    expect(objects).toHaveLength(16); // 12 triggers, 3 generated functions, the index
+    expect(objects.filter((o) => o.startsWith('function ')).every((o) => / memory-sync v2 [0-9a-f]{64}$/.test(o))).toBe(true);
     const c = await connect(db.url);
     try {
       const r = await c.query('SELECT migration_name FROM _prisma_migrations');

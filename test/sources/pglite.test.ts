@@ -2,8 +2,7 @@ import { once } from 'node:events';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openEmbedded, type EmbeddedDatabase } from '../../src/backend/embedded.js';
-import { insertMemory } from '../../src/store/memories.js';
-import { upsertPersonality } from '../../src/store/personalities.js';
+import { insertMemory, upsertPersonality } from '../../src/store/builtin.js';
 import { DatabaseUnavailableError, PermanentError } from '../../src/contract/errors.js';
 import type { ChangeEvent } from '../../src/contract/change-event.js';
 import { PgliteSource } from '../../src/sources/pglite.js';
@@ -27,18 +26,18 @@ afterAll(async () => {
 });
 
 /** A started source and everything it emitted, in order. */
-async function started() {
-  const source = new PgliteSource({ db: embedded.db, logger });
+async function started(channel?: string) {
+  const source = new PgliteSource({ db: embedded.db, logger, ...(channel ? { channel } : {}) });
   sources.push(source);
   const log: Array<
     | { type: 'change'; event: ChangeEvent; receivedAt: number }
-    | { type: 'invalid'; reason: string; sample: string; structured: boolean }
+    | { type: 'invalid'; reason: string; sample: string; bytes: number; ours: boolean }
     | { type: 'barrier'; token: string }
     | { type: 'up'; info: UpInfo }
     | { type: 'down' }
   > = [];
   source.on('change', (event, receivedAt) => log.push({ type: 'change', event, receivedAt }));
-  source.on('invalid', (reason, sample, _bytes, structured) => log.push({ type: 'invalid', reason, sample, structured }));
+  source.on('invalid', (reason, sample, bytes, ours) => log.push({ type: 'invalid', reason, sample, bytes, ours }));
   source.on('barrier', (token) => log.push({ type: 'barrier', token }));
   source.on('up', (info) => log.push({ type: 'up', info }));
   source.on('down', () => log.push({ type: 'down' }));
@@ -72,17 +71,18 @@ describe('PgliteSource', () => {
     });
     await source.sync();
     expect(changes()).toEqual([
-      expect.objectContaining({ table: 'personalities', op: 'INSERT', scope: 'rows', ids: [pid], personalityIds: [pid] }),
-      expect.objectContaining({ table: 'memories', op: 'INSERT', ids: [memories[0]], personalityIds: [pid] }),
-      expect.objectContaining({ table: 'memories', op: 'INSERT', ids: [memories[1]] }),
-      expect.objectContaining({ table: 'memories', op: 'INSERT', ids: [memories[2]] }),
+      expect.objectContaining({ model: 'Personality', op: 'INSERT', scope: 'rows', fields: ['id'], rows: [[pid]] }),
+      expect.objectContaining({ model: 'Memory', op: 'INSERT', fields: ['id', 'personalityId'], rows: [[memories[0], pid]] }),
+      expect.objectContaining({ model: 'Memory', op: 'INSERT', rows: [[memories[1], pid]] }),
+      expect.objectContaining({ model: 'Memory', op: 'INSERT', rows: [[memories[2], pid]] }),
     ]);
     // One statement, many rows: one event (statement-level trigger).
     await embedded.queryable.query(`DELETE FROM memories WHERE "personalityId" = $1`, [pid]);
     await source.sync();
     const last = changes().at(-1)!;
-    expect(last).toMatchObject({ table: 'memories', op: 'DELETE', scope: 'rows', personalityIds: [pid] });
-    expect([...last.ids].sort()).toEqual([...memories].sort());
+    expect(last).toMatchObject({ model: 'Memory', op: 'DELETE', scope: 'rows', fields: ['id', 'personalityId'], rows: [], chunk: 1, chunks: 1 });
+    // Rows that left are named by their id alone.
+    expect([...last.gone].sort()).toEqual([...memories].sort().map((id) => [id]));
   });
 
   it('a rolled-back write sends nothing', async () => {
@@ -98,21 +98,47 @@ describe('PgliteSource', () => {
     expect(changes()).toEqual([]);
   });
 
-  it('bad payloads are invalid events (structured only for JSON objects), never throws', async () => {
+  it('bad payloads are invalid events, ours only for JSON objects with an "ms" key, never throws', async () => {
     const { source, invalid, changes } = await started();
-    for (const payload of ['not json', '[1,2]', '{"v":2,"table":"memories"}', '']) {
-      await embedded.queryable.query(`SELECT pg_notify('cache_invalidation', $1)`, [payload]);
-    }
+    const v1 = JSON.stringify({ v: 1, table: 'memories', op: 'INSERT', scope: 'rows', ids: [newId()], personalityIds: [newId()], txid: '1', ts: 1, chunk: 1, chunks: 1 });
+    const badTuple = JSON.stringify({ ms: 2, model: 'Memory', op: 'INSERT', scope: 'rows', fields: ['id', 'personalityId'], rows: [[newId()]], gone: [], txid: '1', ts: 1, chunk: 1, chunks: 1 });
+    const payloads: Array<[string, boolean, RegExp]> = [
+      ['not json', false, /^not JSON/],
+      ['[1,2]', false, /no "ms" key/],
+      ['{"type":"all"}', false, /no "ms" key/],
+      [v1, false, /no "ms" key/],
+      ['', false, /^empty payload/],
+      ['{"ms":2}', true, /^model:|^op:|^scope:/],
+      ['{"ms":3,"model":"Memory"}', true, /^ms:/],
+      [badTuple, true, /one value per field/],
+    ];
+    for (const [payload] of payloads) await embedded.queryable.query(`SELECT pg_notify('memory_sync', $1)`, [payload]);
     await source.sync();
     expect(changes()).toEqual([]);
-    expect(invalid().map((e) => [e.sample, e.structured])).toEqual([
-      ['not json', false],
-      ['[1,2]', false],
-      ['{"v":2,"table":"memories"}', true],
-      ['', false],
-    ]);
-    expect(invalid()[0]!.reason).toMatch(/^not JSON/);
-    expect(invalid()[2]!.reason).toMatch(/^v:/);
+    expect(invalid().map((e) => [e.sample, e.ours, e.bytes])).toEqual(payloads.map(([p, ours]) => [p, ours, Buffer.byteLength(p)]));
+    for (const [i, [, , reason]] of payloads.entries()) expect(invalid()[i]!.reason).toMatch(reason);
+    expect(source.state).toBe('up');
+  });
+
+  it('listens on its channel (memory_sync unless told), with sync() markers on <channel>_barrier', async () => {
+    const byDefault = await started();
+    const bot = await started('bot_sync');
+    const event = (txid: string) =>
+      JSON.stringify({ ms: 2, model: 'Personality', op: 'UPDATE', scope: 'rows', fields: ['id'], rows: [[newId()]], gone: [], txid, ts: 1, chunk: 1, chunks: 1 });
+    await embedded.queryable.query(`SELECT pg_notify('cache_invalidation', $1)`, [event('1')]); // 0.1's channel: nobody
+    await embedded.queryable.query(`SELECT pg_notify('memory_sync', $1)`, [event('2')]);
+    await embedded.queryable.query(`SELECT pg_notify('bot_sync', $1)`, [event('3')]);
+    await embedded.queryable.query(`SELECT pg_notify('bot_sync_barrier', 'bot-token')`);
+    await byDefault.source.sync();
+    await bot.source.sync();
+    expect(byDefault.changes().map((e) => e.txid)).toEqual(['2']);
+    expect(bot.changes().map((e) => e.txid)).toEqual(['3']);
+    const tokens = (l: typeof bot.log) => l.flatMap((e) => (e.type === 'barrier' ? [e.token] : []));
+    // Each saw its own sync() marker; only bot_sync's saw bot-token.
+    expect(tokens(bot.log)[0]).toBe('bot-token');
+    expect(tokens(byDefault.log)).not.toContain('bot-token');
+    expect(tokens(bot.log)).toHaveLength(2);
+    expect(tokens(byDefault.log)).toHaveLength(1);
   });
 
   it('every barrier token is emitted, its own and foreign ones; sync leaves no timer behind', async () => {

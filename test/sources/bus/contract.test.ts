@@ -13,22 +13,55 @@ describe('bus messages', () => {
     // Same event parsed from JSON in another relay: same id.
     const copy = JSON.parse(JSON.stringify({ ...e, ts: e.ts }));
     expect(busMessageId(changeMessage(copy))).toBe(busMessageId(changeMessage(e)));
-    expect(busMessageId(changeMessage(e))).toMatch(new RegExp(`^c\\.${e.txid}\\.memories\\.INSERT\\.1\\.`));
-    // Two statements of one transaction: same txid/table/op/chunk, different rows, different ids.
-    const second = { ...e, ids: [randomUUID()] };
+    // Key order does not matter either (another relay may build the object differently).
+    const reordered = Object.fromEntries(Object.entries(e).reverse()) as typeof e;
+    expect(busMessageId(changeMessage(reordered))).toBe(busMessageId(changeMessage(e)));
+    expect(busMessageId(changeMessage(e))).toMatch(new RegExp(`^c\\.${e.txid}\\.Memory\\.INSERT\\.1\\.[A-Za-z0-9_-]{16}$`));
+    // Two statements of one transaction: same txid/model/op/chunk, different rows, different ids.
+    const second = { ...e, rows: [[randomUUID(), e.rows[0]![1]!]] };
     expect(busMessageId(changeMessage(second))).not.toBe(busMessageId(changeMessage(e)));
+    // The same rows gone instead of new: another event, another id.
+    const gone = { ...e, op: 'DELETE' as const, rows: [], gone: [[e.rows[0]![0]!]] };
+    expect(busMessageId(changeMessage(gone))).toMatch(new RegExp(`^c\\.${e.txid}\\.Memory\\.DELETE\\.1\\.`));
+    // Chunks of one statement, and another model's event in the same transaction: distinct ids.
+    const chunk2 = { ...e, chunk: 2, chunks: 2 };
+    const personality = { ...e, model: 'Personality', fields: ['id'], rows: [[e.rows[0]![1]!]] };
+    const ids = [e, second, gone, chunk2, personality].map((x) => busMessageId(changeMessage(x)));
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(busMessageId(changeMessage(personality))).toMatch(new RegExp(`^c\\.${e.txid}\\.Personality\\.INSERT\\.1\\.`));
     expect(busMessageId(barrierMessage('tok-1'))).toBe('tok-1');
   });
 
+  it('an event from logical replication is named by its commit LSN', () => {
+    const e = change({ lsn: '16/B374D848' });
+    const id = busMessageId(changeMessage(e));
+    expect(id).toMatch(/^c\.16-B374D848\.Memory\.INSERT\.1\./);
+    expect(id).not.toContain(`.${e.txid}.`);
+    expect(busMessageId(changeMessage({ ...e, lsn: '16/B374D850' }))).not.toBe(id);
+  });
+
   it('parseBusMessage never throws and names what is wrong', () => {
-    expect(parseBusMessage(JSON.stringify(changeMessage(change())))).toMatchObject({ ok: true });
+    const e = change();
+    expect(parseBusMessage(JSON.stringify(changeMessage(e)))).toEqual({ ok: true, message: { v: 1, kind: 'change', event: e } });
     expect(parseBusMessage('{')).toMatchObject({ ok: false, reason: /not JSON/ });
-    expect(parseBusMessage(JSON.stringify({ v: 1, kind: 'change', event: { ...change(), ids: ['x'] } }))).toMatchObject({
-      ok: false,
-      reason: /event\.ids\.0/,
-    });
-    expect(parseBusMessage(JSON.stringify({ v: 2, kind: 'change' }))).toMatchObject({ ok: false });
-    expect(parseBusMessage(JSON.stringify({ v: 1, kind: 'barrier', token: 'a b' }))).toMatchObject({ ok: false, reason: /token/ });
+    const bad: Array<[unknown, RegExp]> = [
+      [{ v: 1, kind: 'change', event: { ...e, rows: [['x']] } }, /^bus message event: every row has one value per field/],
+      [{ v: 1, kind: 'change', event: { ...e, model: undefined } }, /^bus message event\.model:/],
+      [{ v: 1, kind: 'change', event: { ...e, ms: 3 } }, /^bus message event\.ms:/],
+      [{ v: 1, kind: 'change', event: { ...e, chunk: 2, chunks: 1 } }, /^bus message event: chunk exceeds chunks/],
+      [{ v: 1, kind: 'change', event: { ...e, scope: 'model' } }, /^bus message event: a model-scope event names no rows/],
+      // A 0.1 relay's v1 event is not a v2 one.
+      [{ v: 1, kind: 'change', event: { v: 1, table: 'memories', op: 'INSERT', scope: 'rows', ids: [randomUUID()], personalityIds: [], txid: '1', ts: 1, chunk: 1, chunks: 1 } }, /^bus message event\.ms:/],
+      [{ v: 2, kind: 'change' }, /^bus message/],
+      [{ v: 1, kind: 'barrier', token: 'a b' }, /token/],
+      [[1], /^bus message/],
+    ];
+    for (const [message, reason] of bad) {
+      const raw = JSON.stringify(message);
+      let r: ReturnType<typeof parseBusMessage> | undefined;
+      expect(() => (r = parseBusMessage(raw))).not.toThrow();
+      expect(r, raw).toMatchObject({ ok: false, reason, bytes: Buffer.byteLength(raw) });
+    }
   });
 });
 
@@ -193,7 +226,7 @@ describe.each(KINDS)('bus contract: %s', (kind: BusKind) => {
     cleanups.push(() => c.close());
     await bus.publish(changeMessage(change()));
     await admin.writeMalformed('not json');
-    await admin.writeMalformed(JSON.stringify({ v: 1, kind: 'change', event: { table: 'users' } }));
+    await admin.writeMalformed(JSON.stringify({ v: 1, kind: 'change', event: { ms: 2, model: 'Memory' } }));
     if (kind === 'redis') await admin.writeForeign();
     await bus.publish(changeMessage(change()));
     const total = kind === 'redis' ? 5 : 4;
