@@ -116,7 +116,7 @@ function randomWrite(r: ReturnType<typeof rng>, w: BotWorld): Write {
     { what: 'nickname added', run: (c) => c.query(`INSERT INTO character_nicknames (id, name, character_id) VALUES ($1, $2, $3)`, [randomUUID(), `nick${r.int(1e6)}`, ch()]) },
     {
       what: 'nickname moved to another character',
-      run: (c) => c.query(`UPDATE character_nicknames SET character_id = $2 WHERE id = (SELECT id FROM character_nicknames ORDER BY random() LIMIT 1)`, [ch()]),
+      run: (c) => c.query(`UPDATE character_nicknames SET character_id = $1 WHERE id = (SELECT id FROM character_nicknames ORDER BY random() LIMIT 1)`, [ch()]),
     },
     { what: 'nicknames of one character renamed (multi-row)', run: (c) => c.query(`UPDATE character_nicknames SET name = name || '!' WHERE character_id = $1`, [ch()]) },
     { what: 'a nickname deleted', run: (c) => c.query(`DELETE FROM character_nicknames WHERE id = (SELECT id FROM character_nicknames ORDER BY random() LIMIT 1)`) },
