@@ -27,6 +27,7 @@ describe('loadConfig', () => {
       logRate: 50,
       shutdownTimeoutMs: 10_000,
       jobs: { historyTtlDays: 30, memoryCap: 1000, batchSize: 1000, intervalMs: 3_600_000, indexGuardIntervalMs: 300_000 },
+      auth: { token: undefined, readToken: undefined, metricsOpen: false, insecure: false },
       engine: {
         databaseUrl: URL,
         poolSize: 10,

@@ -21,6 +21,7 @@ import { createPrisma, type PrismaClient } from '../backend/prisma.js';
 import { postgresDatabase, type Database } from '../backend/queryable.js';
 import { isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
 import { assertMigrated } from '../capture/schema-check.js';
+import { assertPrivileges, ENGINE_NEEDS } from '../capture/privileges.js';
 import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
 import { ConfigError, DatabaseUnavailableError, NotFoundError, PermanentError, QueryError } from '../contract/errors.js';
@@ -260,6 +261,8 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
     const signal = this.lifetime.signal;
     for (let attempt = 1; ; attempt++) {
       try {
+        // Privileges first: a schema the role may not use makes its tables look missing.
+        await assertPrivileges(this.db(), ENGINE_NEEDS);
         await assertMigrated(this.db());
         return;
       } catch (err) {
