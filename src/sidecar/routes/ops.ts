@@ -25,7 +25,8 @@ export function opsRoutes(app: FastifyInstance, deps: OpsDeps): void {
     return reply.type(deps.metrics.contentType).send(text);
   });
 
-  app.get('/v1/events', { config: { access: 'read' } }, (_req, reply) => {
+  // No HEAD twin: a hijacked stream never ends, so a HEAD would hang.
+  app.get('/v1/events', { config: { access: 'read' }, exposeHeadRoute: false }, (_req, reply) => {
     reply.hijack();
     deps.events.add(reply.raw, { listener: deps.listenerState() });
   });
