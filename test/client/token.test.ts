@@ -75,14 +75,14 @@ describe('createSidecarClient({ token })', () => {
     const embedding = seededVectors(4, 1)[0]!;
     expect(await c.findSimilarMemories({ personalityId: pid, embedding })).toEqual([]);
     await c.sync();
-    const writes: Array<Promise<unknown>> = [
+    const writes: Array<Promise<Error>> = [
       c.upsertPersonality(pid, { name: 'renamed', displayName: 'R', systemPrompt: 'p' }),
       c.deletePersonality(pid),
       c.storeMemory({ personalityId: pid, channelId: 'c', content: 'x', embedding }),
       c.deleteMemory('7d3f9a10-0000-4000-8000-0000000000ff'),
-    ];
+    ].map(rejection);
     for (const w of writes) {
-      const err = await rejection(w);
+      const err = await w;
       expect(err).toBeInstanceOf(ForbiddenError);
       expect(err).toMatchObject({ code: 'forbidden', message: expect.stringMatching(/needs the full token/) });
     }
@@ -93,8 +93,8 @@ describe('createSidecarClient({ token })', () => {
   it('without a token or with a wrong one: UnauthorizedError on every call, at once', async () => {
     const pid = await insertPersonality(writer, 'tok-none');
     for (const c of [client(), client({ token: WRONG })]) {
-      for (const call of [c.getPersonality(pid), c.sync(), c.findSimilarMemories({ personalityId: pid, embedding: seededVectors(5, 1)[0]! })]) {
-        const err = await rejection(call);
+      for (const call of [c.getPersonality(pid), c.sync(), c.findSimilarMemories({ personalityId: pid, embedding: seededVectors(5, 1)[0]! })].map(rejection)) {
+        const err = await call;
         expect(err).toBeInstanceOf(UnauthorizedError);
         expect((err as UnauthorizedError).code).toBe('unauthorized');
       }
