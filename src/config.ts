@@ -23,6 +23,18 @@ export interface JobsConfig {
   indexGuardIntervalMs: number;
 }
 
+/** Who may call the sidecar's HTTP API (the rule is in src/sidecar/auth.ts). */
+export interface AuthConfig {
+  /** MEMORY_SYNC_TOKEN: every route. Undefined: no route asks for a token (allowed on loopback, or with `insecure`). */
+  token: string | undefined;
+  /** MEMORY_SYNC_READ_TOKEN: lookups, search, sync, the event stream and metrics; no writes. */
+  readToken: string | undefined;
+  /** MEMORY_SYNC_METRICS_OPEN: /metrics answers without a token (for a scraper on the private network). */
+  metricsOpen: boolean;
+  /** MEMORY_SYNC_INSECURE: serve a non-loopback address without a token (warned at every start). */
+  insecure: boolean;
+}
+
 export interface SidecarConfig {
   /** PostgreSQL; undefined runs on the embedded database in `dataDir`. */
   databaseUrl: string | undefined;
@@ -41,6 +53,7 @@ export interface SidecarConfig {
   /** Backstop: the process exits this long after SIGTERM even if something hangs. */
   shutdownTimeoutMs: number;
   jobs: JobsConfig;
+  auth: AuthConfig;
   /** Validated engine options (createMemorySync), without the logger. */
   engine: ResolvedOptions;
 }
@@ -64,6 +77,30 @@ const bool = z
   .transform((s) => s.toLowerCase())
   .pipe(z.enum(['true', 'false', '1', '0'], { error: 'must be true, false, 1 or 0' }))
   .transform((s) => s === 'true' || s === '1');
+
+// Sent in a header, compared as bytes: visible ASCII only, long enough not to be guessed.
+const token = z
+  .string()
+  .min(16, 'must be at least 16 characters: generate one with `openssl rand -hex 32`')
+  .max(4096, 'must be at most 4096 characters')
+  .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)');
+
+function authConfig(env: Env): AuthConfig {
+  const full = read(env, 'MEMORY_SYNC_TOKEN', token, '') || undefined;
+  const readOnly = read(env, 'MEMORY_SYNC_READ_TOKEN', token, '') || undefined;
+  if (readOnly !== undefined && full === undefined) {
+    throw new ConfigError('MEMORY_SYNC_READ_TOKEN', 'needs MEMORY_SYNC_TOKEN: the read token narrows access that the full token gives');
+  }
+  if (readOnly !== undefined && readOnly === full) {
+    throw new ConfigError('MEMORY_SYNC_READ_TOKEN', 'must differ from MEMORY_SYNC_TOKEN, or a reader could write');
+  }
+  return {
+    token: full,
+    readToken: readOnly,
+    metricsOpen: read(env, 'MEMORY_SYNC_METRICS_OPEN', bool, false),
+    insecure: read(env, 'MEMORY_SYNC_INSECURE', bool, false),
+  };
+}
 
 /**
  * Engine options set from the environment: variable, option path. Ranges and
@@ -151,6 +188,7 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
       intervalMs: read(env, 'MEMORY_SYNC_JOB_INTERVAL_MS', timerMs(0), 3_600_000),
       indexGuardIntervalMs: read(env, 'MEMORY_SYNC_INDEX_GUARD_INTERVAL_MS', timerMs(0), 300_000),
     },
+    auth: authConfig(env),
     engine: engineOptions(env, databaseUrl, dataDir),
   };
 }

@@ -22,6 +22,8 @@ export {
   ConflictError,
   PermanentError,
   NotMigratedError,
+  UnauthorizedError,
+  ForbiddenError,
   HTTP_STATUS,
   type ErrorCode,
 } from './contract/errors.js';

@@ -29,6 +29,7 @@ describe('loadConfig', () => {
       shutdownTimeoutMs: 10_000,
       // No override: the declaration's jobs apply (the built-in one keeps 30 days of history and 1000 memories).
       jobs: { historyTtlDays: undefined, memoryCap: undefined, batchSize: 1000, intervalMs: 3_600_000, indexGuardIntervalMs: 300_000 },
+      auth: { token: undefined, readToken: undefined, metricsOpen: false, insecure: false },
       engine: {
         databaseUrl: URL,
         poolSize: 10,

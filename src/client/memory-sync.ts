@@ -11,6 +11,7 @@ import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, ty
 import type { PartitionStore } from '../cache/hot/hot-sets.js';
 import { nativeKernelsFit } from '../cache/hot/quantized.js';
 import { assertCaptureInstalled } from '../capture/install.js';
+import { assertPrivileges, runtimeNeeds } from '../capture/privileges.js';
 import { barrierChannel } from '../contract/change-event.js';
 import type {
   CollectionClient,
@@ -288,6 +289,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     const signal = this.lifetime.signal;
     for (let attempt = 1; ; attempt++) {
       try {
+        // Privileges first: a schema the role may not use makes its tables look missing.
+        await assertPrivileges(this.db(), runtimeNeeds(binding));
         const resolved = resolveAgainst(binding, await readCatalog(this.db(), binding));
         await assertCaptureInstalled(this.db(), binding);
         for (const u of resolved.unconstrained) this.logger.warn({ relation: u }, 'a followed relation has no foreign key: changes are still seen, but rows may point nowhere');

@@ -38,17 +38,28 @@ function lookupWhere(shape: EntityShape, where: unknown): Record<string, unknown
   return value as Record<string, unknown>;
 }
 
-/** Prisma hands out objects the caller may change: a copy, trimmed to what the call asked for. */
+/** A scalar the caller may change, copied (Decimal is immutable and kept). */
+function copyScalar(v: unknown): unknown {
+  if (v instanceof Date) return new Date(v);
+  if (v instanceof Uint8Array) return new Uint8Array(v);
+  if (Array.isArray(v) || (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype)) return structuredClone(v);
+  return v;
+}
+
+/**
+ * Prisma hands out objects the caller may change: a copy, trimmed to what the
+ * call asked for. Every field of the value is kept (loaded by your Prisma, it
+ * has your schema's columns, even ones the declaration does not name).
+ */
 function copy(node: TreeShape, value: Record<string, unknown>, withRelations: boolean): Record<string, unknown> {
+  const relations = new Map(node.children.map((c) => [c.field, c]));
   const out: Record<string, unknown> = {};
-  for (const f of node.fields) {
-    const v = value[f.name];
-    out[f.name] = v instanceof Date ? new Date(v) : v instanceof Uint8Array ? new Uint8Array(v) : Array.isArray(v) ? structuredClone(v) : v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype ? structuredClone(v) : v;
-  }
-  if (!withRelations) return out;
-  for (const c of node.children) {
-    const v = value[c.field];
-    out[c.field] = c.list ? ((v as Record<string, unknown>[]) ?? []).map((x) => copy(c.node, x, true)) : v ? copy(c.node, v as Record<string, unknown>, true) : null;
+  for (const [k, v] of Object.entries(value)) {
+    const c = relations.get(k);
+    if (!c) out[k] = copyScalar(v);
+    else if (withRelations) {
+      out[k] = c.list ? ((v as Record<string, unknown>[]) ?? []).map((x) => copy(c.node, x, true)) : v ? copy(c.node, v as Record<string, unknown>, true) : null;
+    }
   }
   return out;
 }

@@ -15,7 +15,7 @@ import type {
   SimilarMemory,
   StoreInput,
 } from '../contract/client.js';
-import { ConfigError, DatabaseUnavailableError, errorFromCode, HTTP_STATUS, MemorySyncError } from '../contract/errors.js';
+import { ConfigError, DatabaseUnavailableError, errorFromCode, ForbiddenError, HTTP_STATUS, MemorySyncError, UnauthorizedError } from '../contract/errors.js';
 import type { EntityShape, SchemaShape } from '../contract/shape.js';
 import { PATHS, type ErrorBody } from '../contract/wire.js';
 import { entityFromWire, fromWire } from '../contract/wire-values.js';
@@ -27,6 +27,15 @@ import { validateId } from '../validation/memory.js';
 export interface SidecarClientOptions {
   /** The sidecar's base URL, e.g. http://127.0.0.1:7420. */
   url: string;
+  /**
+   * The sidecar's MEMORY_SYNC_TOKEN (everything) or MEMORY_SYNC_READ_TOKEN
+   * (lookups, search, sync, the event stream), sent as `Authorization:
+   * Bearer` on every request and on the local cache's event stream. A
+   * refused token is an UnauthorizedError (401) or ForbiddenError (403),
+   * never retried.
+   * @defaultValue none: a sidecar on loopback without MEMORY_SYNC_TOKEN asks for none
+   */
+  token?: string;
   /** Per request: the longest wait for the response headers, and for each gap in the body. @defaultValue 5000 */
   timeoutMs?: number;
   /** @defaultValue 2000 */
@@ -58,6 +67,9 @@ function errorFrom(status: number, body: unknown): Error {
   if (typeof b.code === 'string' && b.code in HTTP_STATUS && b.code !== 'internal' && b.code !== 'no_route') {
     return errorFromCode(b.code, message, { field: b.field, sqlState: b.sqlState });
   }
+  // A proxy in front of the sidecar may answer these itself, without our body.
+  if (status === 401) return new UnauthorizedError(`sidecar answered HTTP 401: ${message}`);
+  if (status === 403) return new ForbiddenError(`sidecar answered HTTP 403: ${message}`);
   // Fastify answers 503 by itself while draining for shutdown.
   if (status === 503) return new DatabaseUnavailableError(`sidecar unavailable (HTTP 503): ${message}`);
   return new MemorySyncError(`sidecar answered HTTP ${status}: ${message}`);
@@ -80,9 +92,14 @@ export class SidecarClient implements MemoryClient {
   private shapes: Promise<SchemaShape> | undefined;
   private readonly loaders = new Map<string, EntityLoaderFn>();
   private closed = false;
+  private readonly auth: Record<string, string>;
 
   constructor(private readonly options: SidecarClientOptions) {
     const url = new URL(options.url);
+    if (options.token !== undefined && !/^[\x21-\x7e]+$/.test(options.token)) {
+      throw new ConfigError('options.token', "must be printable ASCII without spaces, as the sidecar's MEMORY_SYNC_TOKEN or MEMORY_SYNC_READ_TOKEN");
+    }
+    this.auth = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 5_000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 2_000;
@@ -94,7 +111,7 @@ export class SidecarClient implements MemoryClient {
       connect: { timeout: this.connectTimeoutMs },
     });
     if (options.localCache) {
-      const stream = new EventStream(new Client(url.origin, { connect: { timeout: this.connectTimeoutMs } }), this.basePath + PATHS.events);
+      const stream = new EventStream(new Client(url.origin, { connect: { timeout: this.connectTimeoutMs } }), this.basePath + PATHS.events, undefined, this.auth);
       this.source = new SidecarStreamSource(stream, (token, timeoutMs) => this.requestSync(token, timeoutMs));
       // The same core, and so the same rules, as the sidecar's own cache; entities only, learnt
       // from the sidecar (GET /v1/schema). Until then it holds nothing and lookups go over HTTP.
@@ -139,7 +156,16 @@ export class SidecarClient implements MemoryClient {
     return this.local;
   }
 
-  /** Resolves once the local cache exists (or at once without `localCache`). */
+  /**
+   * Why the local cache stopped for good: the sidecar refused its event
+   * stream (UnauthorizedError, ForbiddenError), so it serves nothing and
+   * every lookup goes to the sidecar. Undefined while all is well.
+   */
+  get localCacheFailure(): MemorySyncError | undefined {
+    return this.source?.failure;
+  }
+
+  /** Resolves once the local cache knows what the sidecar declares (or at once without `localCache`). */
   async ready(): Promise<void> {
     if (!this.options.localCache) return;
     this.makeLocal(await this.schema());
@@ -305,7 +331,7 @@ export class SidecarClient implements MemoryClient {
         path: this.basePath + path,
         // headersTimeout starts when the request is sent; this also bounds the wait for a socket.
         signal: AbortSignal.timeout(this.timeoutMs + this.connectTimeoutMs),
-        headers: payload === undefined ? { accept: 'application/json' } : JSON_HEADERS,
+        headers: payload === undefined ? { ...this.auth, accept: 'application/json' } : { ...this.auth, ...JSON_HEADERS },
         body: payload === undefined ? undefined : JSON.stringify(payload),
       });
     } catch (err) {

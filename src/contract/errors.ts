@@ -12,6 +12,8 @@ export type ErrorCode =
   | 'config'
   | 'permanent'
   | 'not_migrated'
+  | 'unauthorized'
+  | 'forbidden'
   | 'no_route'
   | 'internal';
 
@@ -24,6 +26,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   config: 500,
   permanent: 503,
   not_migrated: 503,
+  unauthorized: 401,
+  forbidden: 403,
   no_route: 404,
   internal: 500,
 };
@@ -124,6 +128,18 @@ export class NotMigratedError extends PermanentError {
   override readonly code = 'not_migrated';
 }
 
+/** The sidecar was asked without a token, or with one it does not know (HTTP 401): fix MEMORY_SYNC_TOKEN or the client's `token`. */
+export class UnauthorizedError extends MemorySyncError {
+  override readonly name = 'UnauthorizedError';
+  override readonly code = 'unauthorized';
+}
+
+/** The token is valid but does not allow this (HTTP 403): a read token (MEMORY_SYNC_READ_TOKEN) on a write. */
+export class ForbiddenError extends MemorySyncError {
+  override readonly name = 'ForbiddenError';
+  override readonly code = 'forbidden';
+}
+
 /** Rebuilds the error class from a code, for the remote client. */
 export function errorFromCode(code: string | undefined, message: string, extra: { field?: string; sqlState?: string } = {}): MemorySyncError {
   switch (code) {
@@ -143,6 +159,10 @@ export function errorFromCode(code: string | undefined, message: string, extra: 
       return new PermanentError(message, extra.sqlState);
     case 'not_migrated':
       return new NotMigratedError(message, extra.sqlState);
+    case 'unauthorized':
+      return new UnauthorizedError(message);
+    case 'forbidden':
+      return new ForbiddenError(message);
     default:
       return new MemorySyncError(message);
   }

@@ -196,7 +196,12 @@ export function parseDeclaration(input: unknown, source = 'declaration'): Declar
   if (!result.success) {
     const issue = result.error.issues[0]!;
     const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-    const message = issue.code === 'unrecognized_keys' ? 'is not a key of the declaration here' : issue.message;
+    const message =
+      issue.code === 'unrecognized_keys'
+        ? 'is not a key of the declaration here'
+        : issue.code === 'invalid_key'
+          ? (issue.issues[0]?.message ?? issue.message)
+          : issue.message;
     throw new ConfigError(`${source}: ${keyPath(path)}`, message);
   }
   return result.data as Declaration;

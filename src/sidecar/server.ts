@@ -2,6 +2,8 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import type { Logger } from 'pino';
 import type { Declaration } from '../schema/declaration.js';
 import type { MemorySync } from '../client/memory-sync.js';
+import type { AuthConfig } from '../config.js';
+import { registerAuth } from './auth.js';
 import type { EventHub } from './events.js';
 import { toHttpError } from './http-errors.js';
 import type { SidecarMetrics } from './metrics.js';
@@ -17,6 +19,8 @@ export interface ServerDeps {
   metrics: SidecarMetrics;
   events: EventHub;
   logger: Logger;
+  /** Tokens and whether /metrics is open (src/sidecar/auth.ts). */
+  auth: Pick<AuthConfig, 'token' | 'readToken' | 'metricsOpen'>;
 }
 
 /** A store carries up to 100,000 characters of content and 64 KiB of metadata besides the embedding. */
@@ -29,6 +33,9 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
   });
+
+  // Before any route: the rule reads each route's declared access as it is added.
+  registerAuth(app, deps.auth);
 
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toHttpError(err);

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { DatabaseUnavailableError } from '../contract/errors.js';
+import { DatabaseUnavailableError, type MemorySyncError } from '../contract/errors.js';
 import { changeEventSchema } from '../contract/change-event.js';
 import type { EventStream, StreamEvent } from './event-stream.js';
 import { nowMs } from './pg-listen.js';
@@ -18,6 +18,7 @@ export class SidecarStreamSource extends EventEmitter<ChangeSourceEvents> implem
   private _state: SourceState = 'idle';
   private wasUp = false;
   private readonly barriers = new Map<string, () => void>();
+  private _failure: MemorySyncError | undefined;
 
   constructor(
     private readonly stream: EventStream,
@@ -25,6 +26,7 @@ export class SidecarStreamSource extends EventEmitter<ChangeSourceEvents> implem
     private readonly requestSync: (token: string, timeoutMs: number) => Promise<void>,
   ) {
     super();
+    stream.on('refused', (err) => this.refused(err));
     stream.on('disconnected', (err) => this.markDown(`event stream lost: ${err?.message ?? 'closed'}`));
     stream.on('event', (e) => this.onEvent(e));
   }
@@ -35,6 +37,11 @@ export class SidecarStreamSource extends EventEmitter<ChangeSourceEvents> implem
 
   get isUp(): boolean {
     return this._state === 'up';
+  }
+
+  /** Why the stream stopped for good (the sidecar refused the token: UnauthorizedError, ForbiddenError), else undefined. */
+  get failure(): MemorySyncError | undefined {
+    return this._failure;
   }
 
   /** Resolves at once: the local cache serves once the stream says the sidecar is up. */
@@ -66,6 +73,16 @@ export class SidecarStreamSource extends EventEmitter<ChangeSourceEvents> implem
     } finally {
       this.barriers.delete(token);
     }
+  }
+
+  /** The sidecar will not serve this token: down for good, with the reason, whether or not the stream was ever up. */
+  private refused(err: MemorySyncError): void {
+    if (this._state === 'closed') return;
+    this._failure = err;
+    for (const release of this.barriers.values()) release();
+    this.barriers.clear();
+    this._state = 'down';
+    this.emit('down', `${err.message}; not reconnecting: fix the client's token (createSidecarClient({ token }))`);
   }
 
   private markDown(reason: string): void {

@@ -210,8 +210,7 @@ const readers = (): Reader[] => [
 describe('the test bot under a seeded fuzz of plain-SQL writes', () => {
   it(`0 stale entity reads after sync() through every path (seed ${SEED}, ${ROUNDS} rounds)`, { timeout: 300_000 }, async () => {
     const r = rng(SEED);
-    const w = { ...world, gone: [] as string[] } as BotWorld & { gone: string[] };
-    world = w;
+    const w = world;
     const stale: string[] = [];
     const paths = readers();
     let reads = 0;

@@ -94,12 +94,14 @@ export interface BotWorld {
   configs: string[];
   personas: string[];
   channels: string[];
+  /** Characters the fuzz deleted. */
+  gone: string[];
 }
 
 /** Seeds a small bot world by plain SQL (ids set by the application, as the bot does). */
 export async function seedBot(c: pg.ClientBase, seed = 1, sizes = { characters: 12, configs: 3, personas: 3, memories: 60 }): Promise<BotWorld> {
   const r = rng(seed);
-  const w: BotWorld = { owners: [], prompts: [], characters: [], configs: [], personas: [], channels: ['c100', 'c200', 'c300'] };
+  const w: BotWorld = { owners: [], prompts: [], characters: [], configs: [], personas: [], channels: ['c100', 'c200', 'c300'], gone: [] };
   for (let i = 0; i < 3; i++) {
     const id = randomUUID();
     w.owners.push(id);

@@ -13,12 +13,17 @@ import { SidecarMetrics } from '../metrics.js';
 import { NotificationLog } from '../notification-log.js';
 import { Readiness } from '../readiness.js';
 import { buildServer } from '../server.js';
+import { checkExposure } from '../auth.js';
+import { configSummary } from '../logger.js';
+import { assertPrivileges, jobNeeds } from '../../capture/privileges.js';
+import { withRetry } from '../../backend/retry.js';
 import { sleepUnlessAborted } from '../../sources/backoff.js';
 
 /** Leaves room, before the 10 s backstop, for one more pool connect attempt (5 s) to fail. */
 const DRAIN_GRACE_MS = 4_000;
 /** How often an unmigrated database is checked again. */
 const NOT_MIGRATED_RECHECK_MS = 5_000;
+
 
 /**
  * One sidecar: engine, HTTP server, notification log, metrics and
@@ -55,6 +60,9 @@ export class Sidecar {
 
   private async startUp(): Promise<string> {
     const { config, logger } = this;
+    const insecure = checkExposure(config); // protected mode: no token on a non-loopback bind is refused here
+    logger.info(configSummary(config), 'config');
+    if (insecure) logger.warn({ host: config.host }, insecure);
     if (config.migrate && config.databaseUrl && config.configPath) {
       logger.warn('MEMORY_SYNC_MIGRATE applies memory-sync\'s own migrations; with a declaration of your schema, run `memory-sync adopt` instead');
     } else if (config.migrate && config.databaseUrl) {
@@ -116,6 +124,7 @@ export class Sidecar {
       metrics,
       events,
       logger: logger.child({ component: 'http' }),
+      auth: config.auth,
     });
     this.app = app;
     await app.listen({ host: config.host, port: config.port });
@@ -150,6 +159,9 @@ export class Sidecar {
       }
     }
     if (signal.aborted) return;
+    await withRetry(() =>
+      assertPrivileges(client.database, jobNeeds(client.binding, this.config.jobs), 'the declared retention jobs (MEMORY_SYNC_HISTORY_TTL_DAYS, MEMORY_SYNC_MEMORY_CAP; 0 turns one off)'),
+    );
     this.readiness.problem = undefined;
     this.readiness.poolUp = true;
     this.readinessChanged(`database and change source (${client.stats().source}) up`);

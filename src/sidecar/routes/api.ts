@@ -39,10 +39,10 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
   const { client, events } = deps;
 
   // What the declaration caches, for the remote client's local cache and for people.
-  app.get('/v1/schema', async () => client.schemaShape());
+  app.get('/v1/schema', { config: { access: 'read' } }, async () => client.schemaShape());
 
   // A declared entity by its id, as Prisma's findUnique with the declared include returns it.
-  app.get<{ Params: { entity: string; id: string } }>('/v1/entities/:entity/:id', async (req) => {
+  app.get<{ Params: { entity: string; id: string } }>('/v1/entities/:entity/:id', { config: { access: 'read' } }, async (req) => {
     const shape = shapeOf(client, req.params.entity);
     const value = await client.entity(req.params.entity).get(req.params.id);
     if (value === null) throw new NotFoundError(`${req.params.entity} ${req.params.id} not found`);
@@ -50,7 +50,7 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
   });
 
   // By a declared unique lookup: /v1/entities/personality?slug=aria (every field of the lookup).
-  app.get<{ Params: { entity: string }; Querystring: Record<string, string | string[]> }>('/v1/entities/:entity', async (req) => {
+  app.get<{ Params: { entity: string }; Querystring: Record<string, string | string[]> }>('/v1/entities/:entity', { config: { access: 'read' } }, async (req) => {
     const shape = shapeOf(client, req.params.entity);
     const where: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(req.query ?? {})) {
@@ -62,7 +62,7 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
     return entityToWire(shape.root, value);
   });
 
-  app.post<{ Params: { collection: string }; Body: unknown }>('/v1/collections/:collection/search', async (req) => {
+  app.post<{ Params: { collection: string }; Body: unknown }>('/v1/collections/:collection/search', { config: { access: 'read' } }, async (req) => {
     const shape = client.schemaShape().collections.find((c) => c.name === req.params.collection);
     if (!shape) throw new NotFoundError(`no collection ${JSON.stringify(req.params.collection)} is declared`);
     const results = await client.collection(req.params.collection).search(req.body as never);
@@ -70,39 +70,39 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
     return { results };
   });
 
-  app.get<{ Params: { id: string } }>('/v1/personalities/:id', async (req) => {
+  app.get<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'read' } }, async (req) => {
     const personality = await client.getPersonality(req.params.id);
     if (personality === null) throw new NotFoundError(`personality ${req.params.id} not found`);
     return personality;
   });
 
   // 201 when created, 200 when replaced; the body is what GET returns.
-  app.put<{ Params: { id: string }; Body: PersonalityInput }>('/v1/personalities/:id', async (req, reply) => {
+  app.put<{ Params: { id: string }; Body: PersonalityInput }>('/v1/personalities/:id', { config: { access: 'write' } }, async (req, reply) => {
     const { personality, created } = await client.upsertPersonality(req.params.id, req.body);
     return reply.code(created ? 201 : 200).send(personality);
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/personalities/:id', async (req, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'write' } }, async (req, reply) => {
     if (await client.deletePersonality(req.params.id)) return reply.code(204).send();
     throw new NotFoundError(`personality ${req.params.id} not found`);
   });
 
-  app.post<{ Body: SearchInput }>('/v1/memories/search', async (req) => {
+  app.post<{ Body: SearchInput }>('/v1/memories/search', { config: { access: 'read' } }, async (req) => {
     return { results: await client.findSimilarMemories(req.body) };
   });
 
-  app.post<{ Body: StoreInput }>('/v1/memories', async (req, reply) => {
+  app.post<{ Body: StoreInput }>('/v1/memories', { config: { access: 'write' } }, async (req, reply) => {
     const id = await client.storeMemory(req.body);
     return reply.code(201).send({ id });
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/memories/:id', async (req, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/memories/:id', { config: { access: 'write' } }, async (req, reply) => {
     if (await client.deleteMemory(req.params.id)) return reply.code(204).send();
     throw new NotFoundError(`memory ${req.params.id} not found`);
   });
 
   // Answers once every change committed before the request has been applied here.
-  app.post('/v1/sync', async (req, reply) => {
+  app.post('/v1/sync', { config: { access: 'read' } }, async (req, reply) => {
     const { token, timeoutMs } = parseInput(syncSchema, req.body ?? undefined);
     await client.sync(timeoutMs);
     if (token !== undefined) events.send('barrier', { token });

@@ -13,19 +13,20 @@ export interface OpsDeps {
 
 /** Probes, metrics and the invalidation stream. */
 export function opsRoutes(app: FastifyInstance, deps: OpsDeps): void {
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/healthz', { config: { access: 'open' } }, async () => ({ status: 'ok' }));
 
-  app.get('/readyz', async (_req, reply) => {
+  app.get('/readyz', { config: { access: 'open' } }, async (_req, reply) => {
     const report = deps.readiness.report();
     return reply.code(report.ready ? 200 : 503).send(report);
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', { config: { access: 'metrics' } }, async (_req, reply) => {
     const text = await deps.metrics.render();
     return reply.type(deps.metrics.contentType).send(text);
   });
 
-  app.get('/v1/events', (_req, reply) => {
+  // No HEAD twin: a hijacked stream never ends, so a HEAD would hang.
+  app.get('/v1/events', { config: { access: 'read' }, exposeHeadRoute: false }, (_req, reply) => {
     reply.hijack();
     deps.events.add(reply.raw, { listener: deps.listenerState() });
   });

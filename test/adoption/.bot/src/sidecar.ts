@@ -44,13 +44,13 @@ const plain = createSidecarClient({ url });
 const local: SidecarClient = createSidecarClient({ url, localCache: {} });
 const runs: Record<string, unknown> = {};
 runs.sidecar = await writeThenRead('plain', plain, async (id) => shape(await plain.getPersonality(id)));
-const localHits = local.localCache!.stats().hits;
+const localHits = (local.localCache!.stats().entities.personality?.hits ?? 0);
 runs.localCache = await writeThenRead('local', local, async (id) => {
   const first = await local.getPersonality(id);
   await local.getPersonality(id); // a second read is served by the local cache
   return shape(first);
 });
-const localCacheHits = local.localCache!.stats().hits - localHits;
+const localCacheHits = (local.localCache!.stats().entities.personality?.hits ?? 0) - localHits;
 // The Prisma extension over the sidecar client: bot code keeps its findUnique.
 const db = prisma.$extends(memorySyncExtension(plain));
 runs.extension = await writeThenRead('ext', plain, async (id) => shape(await db.personality.findUnique({ where: { id }, include: { llmConfig: true } })));
