@@ -1,10 +1,9 @@
 import pg from 'pg';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import type { PGliteInterface } from '@electric-sql/pglite';
 import { to as copyTo } from 'pg-copy-streams';
 import pgvector from 'pgvector';
 import { EMBEDDING_DIMENSION } from '../embedding.js';
-import { toDatabase, type Database, type Queryable } from '../backend/queryable.js';
+import { toDatabase, type Database, type PgliteQueryable, type Queryable } from '../backend/queryable.js';
 
 /** One memory row as the hot set and search results need it. */
 export interface MemoryRow {
@@ -242,7 +241,7 @@ async function streamOverCopy(
 }
 
 async function streamOverBlob(
-  pglite: PGliteInterface,
+  pglite: PgliteQueryable,
   personalityId: string,
   limit: number,
   onRow: (row: MemoryRow) => boolean,
