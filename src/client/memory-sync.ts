@@ -19,7 +19,7 @@ import { deletePersonality, loadPersonality, upsertPersonality, type Personality
 import { createPool } from '../backend/pool.js';
 import { createPrisma, type PrismaClient } from '../backend/prisma.js';
 import { postgresDatabase, type Database } from '../backend/queryable.js';
-import { isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
+import { dnsFailure, dnsPermanentError, isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
 import { assertMigrated } from '../capture/schema-check.js';
 import { backoffDelay, sleepUnlessAborted } from '../sources/backoff.js';
 import { EMBEDDING_DIMENSION, normalizeInto } from '../embedding.js';
@@ -253,16 +253,26 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   }
 
   /**
-   * Waits out an unreachable database (with the reconnect backoff); a
-   * missing schema, wrong database or bad password rejects at once.
+   * Waits out an unreachable database (with the reconnect backoff), and a host
+   * name that does not resolve for `startup.dnsRetryMs`; a missing schema,
+   * wrong database or bad password rejects at once.
    */
   private async checkSchema(): Promise<void> {
     const signal = this.lifetime.signal;
+    const started = performance.now();
     for (let attempt = 1; ; attempt++) {
       try {
         await assertMigrated(this.db());
         return;
       } catch (err) {
+        const dns = dnsFailure(err);
+        if (dns && !signal.aborted) {
+          const waited = performance.now() - started;
+          if (waited >= this.options.startup.dnsRetryMs) throw dnsPermanentError(dns, attempt > 1 ? waited : 0, err);
+          this.warnings.warn('start', { attempt, host: dns.host, code: dns.code }, 'database host does not resolve yet; retrying');
+          await sleepUnlessAborted(Math.min(backoffDelay(attempt), this.options.startup.dnsRetryMs - waited), signal);
+          continue;
+        }
         const permanent = err instanceof PermanentError ? err : toPermanent(err);
         if (permanent) throw permanent;
         if (signal.aborted || !isTransient(err)) throw err;
