@@ -41,7 +41,7 @@ function program(out: { code: number }): Command {
 
   cli
     .command('start')
-    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables; see README)')
+    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables: docs/reference.md, "Configuration")')
     .action(async () => {
       const config = loadConfig(process.env);
       // Loaded on demand: migrate and check-migrations (the pre-commit hook) need no HTTP stack.
@@ -133,7 +133,7 @@ function program(out: { code: number }): Command {
       for (const f of findings) console.error(formatFinding(f));
       if (findings.length) {
         console.error(
-          `\n${findings.length} unsafe drop(s). Prisma cannot declare pgvector indexes and proposes dropping them as drift: delete those lines (see README, "--create-only").`,
+          `\n${findings.length} unsafe drop(s). Prisma cannot declare pgvector indexes and proposes dropping them as drift: delete those lines (docs/adopting.md, "5. Creating migrations").`,
         );
         out.code = 1;
       } else {
