@@ -1,9 +1,14 @@
 /**
  * The embedded backend (PGlite + pgvector, in process) beside PostgreSQL, in
- * the same run: `npx tsx bench/embedded.ts`, or `benchEmbedded()` from
- * another bench. Each row has the embedded figure and the PostgreSQL one.
+ * the same run: `npx tsx bench/embedded.ts` (after `npm run build`: the
+ * sidecar rows start bin/memory-sync.js), or `benchEmbedded()` from another
+ * bench. Each row has the embedded figure and its baseline: PostgreSQL, the
+ * path before issue 18 (`create: 'initdb'`) in the same run, or, for the
+ * sidecar, the figures issue 18 recorded before the change.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +30,9 @@ export interface EmbeddedBenchRow {
   /** The same figure on PostgreSQL 15, or what stands for it (named in `baseline`). */
   postgres: number;
   baseline: string;
+  /** The goal, when the figure has one (issue 18's start-up and memory goals). */
+  goal?: string;
+  met?: boolean;
 }
 
 export interface EmbeddedBenchOptions {
@@ -43,7 +51,15 @@ export interface EmbeddedBenchOptions {
    * @defaultValue 200: enough for a stable p50 on a shared 2-core machine.
    */
   searches?: number;
+  /**
+   * How long after ready the "steady" RSS is read.
+   * @defaultValue 20000: the initdb path's transient heap was still resident then (it fell 30–60 s later).
+   */
+  steadyMs?: number;
 }
+
+/** Issue 18's figures for the embedded default before this change (sidecar at /readyz, library start()). */
+export const RECORDED_BEFORE = { newDirReadyMb: 800, newDirSteadyMb: 330, reopenMb: 291, inMemoryMb: 668, coldStartMs: [4_000, 9_000] } as const;
 
 const logger = pino({ level: 'silent' });
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
@@ -54,17 +70,72 @@ const mb = (bytes: number) => round(bytes / 2 ** 20);
  * Opens a backend in a fresh Node process and reports that process's RSS:
  * what `memory-sync start` would hold, without this process's history.
  */
-function inFreshProcess(imports: string, open: string): { rss: number; ms: number } {
+function inFreshProcess(imports: string, open: string, steadyMs = 0): { rss: number; ms: number; steadyRss: number } {
   const script = `
     ${imports}
     const t = performance.now();
     ${open}
     const ms = performance.now() - t;
-    console.log(JSON.stringify({ rss: process.memoryUsage().rss, ms }));
+    const rss = process.memoryUsage().rss;
+    await new Promise((r) => setTimeout(r, ${steadyMs}));
+    console.log(JSON.stringify({ rss, ms, steadyRss: process.memoryUsage().rss }));
     await close();
   `;
-  const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
-  return JSON.parse(out.trim().split('\n').at(-1)!) as { rss: number; ms: number };
+  // tsx only when running from bench/*.ts: its loader thread alone costs tens of MB of RSS.
+  const loader = import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : [];
+  const out = execFileSync(process.execPath, [...loader, '--input-type=module', '-e', script], { encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').at(-1)!) as { rss: number; ms: number; steadyRss: number };
+}
+
+/** VmRSS of a process, from /proc (Linux). */
+function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/**
+ * `memory-sync start` on the embedded database, as `npm start` runs it: the
+ * time from spawning the process to the first /readyz 200, the RSS then, and
+ * the RSS `steadyMs` later.
+ */
+async function sidecarStart(dataDir: string, steadyMs: number): Promise<{ ms: number; rss: number; steadyRss: number }> {
+  const bin = new URL('../../bin/memory-sync.js', import.meta.url);
+  const binPath = existsSync(bin) ? bin : new URL('../bin/memory-sync.js', import.meta.url); // dist/bench/ or bench/
+  const env = { ...process.env, DATABASE_URL: '', MEMORY_SYNC_DATA_DIR: dataDir, MEMORY_SYNC_PORT: '0', MEMORY_SYNC_SUMMARY_INTERVAL_MS: '0', LOG_PRETTY: 'false' };
+  const t = performance.now();
+  const child = spawn(process.execPath, [binPath.pathname, 'start'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let buf = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          try {
+            const msg = JSON.parse(line) as { msg?: string; url?: string };
+            if (msg.msg === 'listening' && msg.url) resolve(msg.url);
+          } catch {
+            // not a log line
+          }
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`memory-sync start exited ${code} before listening`)));
+    });
+    for (;;) {
+      const ok = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false);
+      if (ok) break;
+      await sleep(10);
+    }
+    const ms = performance.now() - t;
+    const rss = rssOf(child.pid!);
+    await sleep(steadyMs);
+    return { ms, rss, steadyRss: rssOf(child.pid!) };
+  } finally {
+    child.kill('SIGTERM');
+    if (child.exitCode === null) await new Promise((r) => child.once('exit', r));
+  }
 }
 
 /** Deterministic vectors, the same on both backends. */
@@ -155,24 +226,59 @@ export async function benchEmbedded(options: EmbeddedBenchOptions = {}): Promise
     pool = new pg.Pool({ connectionString: u.toString(), max: 2, options: '-c ivfflat.iterative_scan=relaxed_order -c ivfflat.probes=1' });
 
     // Start-up, each in a fresh process (timed from after the imports): a new
-    // data directory (initdb + migrations), a reopen, and a pg.Pool's first
-    // query as the baseline.
+    // data directory (image + migrations), a reopen, and a pg.Pool's first
+    // query as the baseline; then the path before issue 18 (initdb in
+    // process) beside the new one, for a new directory and in memory.
+    const steadyMs = options.steadyMs ?? 20_000;
     const embeddedModule = JSON.stringify(new URL('../src/backend/embedded.js', import.meta.url).href);
     const embeddedImports = `const { openEmbedded } = await import(${embeddedModule}); const pino = (await import('pino')).default;`;
-    const openDir = `const e = await openEmbedded({ dataDir: ${JSON.stringify(dir)}, logger: pino({ level: 'silent' }) });
+    const open = (d: string | undefined, create: 'image' | 'initdb') =>
+      `const e = await openEmbedded({ ${d ? `dataDir: ${JSON.stringify(d)}, ` : ''}create: '${create}', logger: pino({ level: 'silent' }) });
       const close = () => e.close();`;
-    const cold = inFreshProcess(embeddedImports, openDir);
-    const reopen = inFreshProcess(embeddedImports, openDir);
+    const cold = inFreshProcess(embeddedImports, open(dir, 'image'), steadyMs);
+    const reopen = inFreshProcess(embeddedImports, open(dir, 'image'));
+    const coldInitdb = inFreshProcess(embeddedImports, open(join(dir, 'initdb'), 'initdb'), steadyMs);
+    const memory = inFreshProcess(embeddedImports, open(undefined, 'image'), steadyMs);
+    const memoryInitdb = inFreshProcess(embeddedImports, open(undefined, 'initdb'), steadyMs);
     const server = inFreshProcess(
       `const pg = (await import('pg')).default;`,
       `const pool = new pg.Pool({ connectionString: ${JSON.stringify(u.toString())} });
       await pool.query('SELECT 1');
       const close = () => pool.end();`,
     );
+    const before = 'before issue 18, same run: initdb in process';
     rows.push({ figure: 'cold start, new database', unit: 'ms', embedded: round(cold.ms), postgres: round(pgCreateMs), baseline: 'CREATE DATABASE + migrate on the server' });
+    rows.push({ figure: 'cold start, new database (image vs initdb)', unit: 'ms', embedded: round(cold.ms), postgres: round(coldInitdb.ms), baseline: before, goal: 'faster than initdb', met: cold.ms < coldInitdb.ms });
     rows.push({ figure: 'reopen / connect', unit: 'ms', embedded: round(reopen.ms), postgres: round(server.ms), baseline: 'pg.Pool first query, fresh process' });
-    rows.push({ figure: 'process RSS after open (new dir)', unit: 'MB', embedded: mb(cold.rss), postgres: mb(server.rss), baseline: 'pg.Pool, fresh process (server not counted)' });
+    rows.push({ figure: 'process RSS after open (new dir)', unit: 'MB', embedded: mb(cold.rss), postgres: mb(coldInitdb.rss), baseline: before });
+    rows.push({ figure: `process RSS ${steadyMs / 1000} s after open (new dir)`, unit: 'MB', embedded: mb(cold.steadyRss), postgres: mb(coldInitdb.steadyRss), baseline: before });
     rows.push({ figure: 'process RSS after open (reopen)', unit: 'MB', embedded: mb(reopen.rss), postgres: mb(server.rss), baseline: 'pg.Pool, fresh process (server not counted)' });
+    rows.push({ figure: 'process RSS after open (in memory)', unit: 'MB', embedded: mb(memory.rss), postgres: mb(memoryInitdb.rss), baseline: before });
+    rows.push({ figure: `process RSS ${steadyMs / 1000} s after open (in memory)`, unit: 'MB', embedded: mb(memory.steadyRss), postgres: mb(memoryInitdb.steadyRss), baseline: before });
+
+    // What a user sees: `memory-sync start` (npm start) on a new and on an
+    // existing data directory, and createMemorySync({ embedded: { inMemory: true } }).
+    // Baselines: issue 18's figures before the change (another machine, same
+    // kind): 800 MB at ready falling to 330 MB, 291 MB after a reopen, 668 MB
+    // in memory, 4–9 s of cold start.
+    const sidecarDir = join(dir, 'sidecar');
+    const fresh = await sidecarStart(sidecarDir, steadyMs);
+    const again = await sidecarStart(sidecarDir, steadyMs);
+    const recorded = 'recorded in issue 18 before the change';
+    rows.push({ figure: 'sidecar, new data dir: spawn → /readyz 200', unit: 'ms', embedded: round(fresh.ms), postgres: RECORDED_BEFORE.coldStartMs[0], baseline: `${recorded} (4–9 s of cold start)`, goal: '≤ 2000 ms', met: fresh.ms <= 2_000 });
+    rows.push({ figure: 'sidecar, new data dir: RSS at ready', unit: 'MB', embedded: mb(fresh.rss), postgres: RECORDED_BEFORE.newDirReadyMb, baseline: recorded, goal: '≤ 250 MB', met: mb(fresh.rss) <= 250 });
+    rows.push({ figure: `sidecar, new data dir: RSS ${steadyMs / 1000} s after ready`, unit: 'MB', embedded: mb(fresh.steadyRss), postgres: RECORDED_BEFORE.newDirSteadyMb, baseline: `${recorded} (30–60 s after ready)`, goal: '≤ 200 MB', met: mb(fresh.steadyRss) <= 200 });
+    rows.push({ figure: 'sidecar, reopen: spawn → /readyz 200', unit: 'ms', embedded: round(again.ms), postgres: round(fresh.ms), baseline: 'new data dir, same run', goal: '≤ 1000 ms', met: again.ms <= 1_000 });
+    rows.push({ figure: `sidecar, reopen: RSS ${steadyMs / 1000} s after ready`, unit: 'MB', embedded: mb(again.steadyRss), postgres: RECORDED_BEFORE.reopenMb, baseline: recorded, goal: '≤ 200 MB', met: mb(again.steadyRss) <= 200 });
+    const library = inFreshProcess(
+      `const { createMemorySync } = await import(${JSON.stringify(new URL('../src/index.js', import.meta.url).href)});`,
+      `const m = createMemorySync({ embedded: { inMemory: true }, summaryIntervalMs: 0 });
+      await m.start();
+      const close = () => m.close();`,
+      steadyMs,
+    );
+    rows.push({ figure: 'library, inMemory: RSS after start()', unit: 'MB', embedded: mb(library.rss), postgres: RECORDED_BEFORE.inMemoryMb, baseline: recorded, goal: '≤ 250 MB', met: mb(library.rss) <= 250 });
+    rows.push({ figure: `library, inMemory: RSS ${steadyMs / 1000} s after start()`, unit: 'MB', embedded: mb(library.steadyRss), postgres: mb(memoryInitdb.steadyRss), baseline: 'openEmbedded in memory, initdb path, same run', goal: '≤ 250 MB', met: mb(library.steadyRss) <= 250 });
 
     const embedded = await openEmbedded({ dataDir: dir, logger });
     try {
@@ -199,11 +305,12 @@ export async function benchEmbedded(options: EmbeddedBenchOptions = {}): Promise
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await benchEmbedded({ ...(process.env.BENCH_QUICK === '1' ? { searches: 50 } : {}) });
+  const rows = await benchEmbedded({ ...(process.env.BENCH_QUICK === '1' ? { searches: 50, steadyMs: 5_000 } : {}) });
   const w = Math.max(...rows.map((r) => r.figure.length));
   console.log(`\nembedded (PGlite + pgvector) beside PostgreSQL, node ${process.version}\n`);
-  console.log(`${'figure'.padEnd(w)}  ${'embedded'.padStart(10)}  ${'postgres'.padStart(10)}  unit        baseline`);
+  console.log(`${'figure'.padEnd(w)}  ${'embedded'.padStart(10)}  ${'baseline'.padStart(10)}  unit        baseline is`);
   for (const r of rows) {
-    console.log(`${r.figure.padEnd(w)}  ${String(r.embedded).padStart(10)}  ${String(r.postgres).padStart(10)}  ${r.unit.padEnd(10)}  ${r.baseline}`);
+    const goal = r.goal ? `   goal ${r.goal} ${r.met ? 'ok' : 'MISS'}` : '';
+    console.log(`${r.figure.padEnd(w)}  ${String(r.embedded).padStart(10)}  ${String(r.postgres).padStart(10)}  ${r.unit.padEnd(10)}  ${r.baseline}${goal}`);
   }
 }

@@ -6,25 +6,19 @@
 # packages.
 #
 # Variants:
-#   as-packed       the tarball as is
-#   user-override   the dependent project adds the cookie override from
-#                   docs/adopting.md (a library's own `overrides` never apply
-#                   to its dependents)
-#                   and checks that fastify still works with that cookie
-#   no-simsimd      the tarball with simsimd removed from its dependencies
-#                   (simsimd's optionalDependencies pull usearch, mathjs,
-#                   benchmark); for the simsimd-or-usearch decision
-#   omit-optional   `npm install --omit=dev --omit=optional`: no pino-pretty,
-#                   no optional dependencies of dependencies (simsimd's)
+#   as-packed       the tarball as is; also checks that fastify.inject (the
+#                   only user of cookie, through light-my-request) works on the
+#                   cookie version installed, and names that version
+#   omit-optional   `npm install --omit=dev --omit=optional`: no pino-pretty
 #
-# Usage: scripts/measure-install.sh [variant...]   (default: all four)
+# Usage: scripts/measure-install.sh [variant...]   (default: both)
 # Needs a build (npm run build) and the npm registry (or a warm npm cache).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -f "$root/dist/src/index.js" ] || { echo "no build: run npm run build first" >&2; exit 1; }
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(as-packed user-override no-simsimd omit-optional)
+[ ${#variants[@]} -eq 0 ] && variants=(as-packed omit-optional)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -38,29 +32,11 @@ node -e '
   console.log(`tarball: ${list.size} bytes packed, ${list.unpackedSize} unpacked, ${list.entryCount} files; bench/test files shipped: ${odd.length}`);
 ' "$root"
 
-# The tarball with simsimd dropped from dependencies (repacked).
-no_simsimd_tarball() {
-  local dir="$work/repack"
-  mkdir -p "$dir" && tar xzf "$tarball" -C "$dir"
-  node -e '
-    const fs = require("node:fs");
-    const file = process.argv[1];
-    const pkg = JSON.parse(fs.readFileSync(file, "utf8"));
-    delete (pkg.dependencies || {}).simsimd;
-    fs.writeFileSync(file, JSON.stringify(pkg, null, 2));
-  ' "$dir/package/package.json"
-  (cd "$dir/package" && npm pack --silent --ignore-scripts --pack-destination "$dir" >/dev/null)
-  ls "$dir"/memory-sync-*.tgz
-}
-
 measure() {
   local variant=$1 dir="$work/$1" pkg omit=(--omit=dev)
   mkdir -p "$dir"
   case $variant in
     as-packed) pkg=$tarball; echo '{"name":"dependent","version":"1.0.0","private":true}' >"$dir/package.json" ;;
-    user-override) pkg=$tarball
-      echo '{"name":"dependent","version":"1.0.0","private":true,"overrides":{"light-my-request":{"cookie":"^1.1.1"}}}' >"$dir/package.json" ;;
-    no-simsimd) pkg=$(no_simsimd_tarball); echo '{"name":"dependent","version":"1.0.0","private":true}' >"$dir/package.json" ;;
     omit-optional) pkg=$tarball; omit+=(--omit=optional); echo '{"name":"dependent","version":"1.0.0","private":true}' >"$dir/package.json" ;;
     *) echo "unknown variant $variant" >&2; return 1 ;;
   esac
@@ -91,7 +67,7 @@ measure() {
     for (const l of ebad) console.log(`  ${l}`);
     console.log("  largest: " + perPackage.slice(0, 8).map(([n, b]) => `${n} ${mb(b)}`).join(", "));
   ' "$dir" "$variant"
-  if [ "$variant" = user-override ]; then
+  if [ "$variant" = as-packed ]; then
     # light-my-request (fastify.inject) is what uses cookie; serialize one.
     (cd "$dir" && node --input-type=module -e '
       const { createRequire } = await import("node:module");

@@ -129,6 +129,7 @@ export const ENGINE_VARIABLES = [
   ['MEMORY_SYNC_DB_RETRY_MIN_MS', 'retry.minTimeoutMs'],
   ['MEMORY_SYNC_DB_RETRY_MAX_MS', 'retry.maxTimeoutMs'],
   ['MEMORY_SYNC_SUMMARY_INTERVAL_MS', 'summaryIntervalMs'],
+  ['MEMORY_SYNC_DNS_RETRY_MS', 'startup.dnsRetryMs'],
 ] as const;
 
 function read<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {

@@ -40,6 +40,7 @@ describe('loadConfig', () => {
         queryTimeoutMs: 30_000,
         retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2000 },
         summaryIntervalMs: 60_000,
+        startup: { dnsRetryMs: 60_000 },
         embedded: { dataDir: './.memory-sync', inMemory: false },
         bus: { url: undefined },
       },
@@ -81,6 +82,7 @@ describe('loadConfig', () => {
       MEMORY_SYNC_DB_RETRY_MIN_MS: '11',
       MEMORY_SYNC_DB_RETRY_MAX_MS: '12',
       MEMORY_SYNC_SUMMARY_INTERVAL_MS: '0',
+      MEMORY_SYNC_DNS_RETRY_MS: '13',
     });
     expect(c).toMatchObject({
       configPath: './bot/memory-sync.config.ts',
@@ -101,6 +103,7 @@ describe('loadConfig', () => {
         queryTimeoutMs: 9,
         retry: { retries: 0, minTimeoutMs: 11, maxTimeoutMs: 12 },
         summaryIntervalMs: 0,
+        startup: { dnsRetryMs: 13 },
       },
     });
     expect(c.engine).not.toHaveProperty('personalities');

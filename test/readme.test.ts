@@ -34,6 +34,9 @@ describe('README', () => {
           moduleResolution: 'NodeNext',
           types: ['node'],
           typeRoots: [join(ROOT, 'node_modules', '@types')],
+          // On: src/ includes the implementation, whose imports of PGlite need
+          // @types/emscripten. The packed declarations are compiled with
+          // skipLibCheck off in test/adoption/packed-types.test.ts.
           skipLibCheck: true,
           // `memory-sync` as a dependent project sees it: the package's own entry point.
           paths: { 'memory-sync': [join(ROOT, 'src', 'index.ts')] },

@@ -1,5 +1,3 @@
-import type { PGliteInterface, Transaction } from '@electric-sql/pglite';
-import { types } from '@electric-sql/pglite';
 import type pg from 'pg';
 
 /**
@@ -27,12 +25,42 @@ export interface PostgresDatabase extends DatabaseBase {
   readonly pool: pg.Pool;
 }
 
+/**
+ * What memory-sync uses of a PGlite session (PGlite's own `query` and
+ * `PGlite.create()` instances satisfy it). Declared here rather than imported
+ * from @electric-sql/pglite so that the public declarations do not pull in
+ * PGlite's types, which need @types/emscripten that a user would have to guess.
+ */
+export interface PgliteQueryable {
+  query<R = any>(text: string, params?: any[], options?: PgliteQueryOptions): Promise<{ rows: R[]; blob?: Blob | undefined }>;
+}
+
+/** PGlite's per-query options that memory-sync passes: text parsers by type OID. */
+export interface PgliteQueryOptions {
+  parsers?: { [typeOid: number]: (value: string, typeOid: number) => unknown };
+}
+
+/** A PGlite transaction, as memory-sync uses it. */
+export interface PgliteTransaction extends PgliteQueryable {
+  exec(text: string): Promise<unknown>;
+  rollback(): Promise<void>;
+}
+
+/** A whole PGlite instance, as memory-sync uses it: queries, transactions, LISTEN. */
+export interface PgliteHandle extends PgliteQueryable {
+  readonly closed: boolean;
+  exec(text: string): Promise<unknown>;
+  transaction<T>(fn: (tx: PgliteTransaction) => Promise<T>): Promise<T>;
+  listen(channel: string, callback: (payload: string) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
 export interface PgliteDatabase extends DatabaseBase {
   readonly backend: 'pglite';
   /** `COPY (query) TO '/dev/blob' (FORMAT binary)`: PGlite's COPY TO STDOUT returns nothing. */
   copyToBlob(query: string): Promise<Buffer>;
   /** For COPY to /dev/blob and in-process LISTEN (src/sources/pglite.ts). */
-  readonly pglite: PGliteInterface;
+  readonly pglite: PgliteHandle;
 }
 
 function pgQueryable(c: pg.Pool | pg.PoolClient): Queryable {
@@ -69,23 +97,26 @@ export function postgresDatabase(pool: pg.Pool): PostgresDatabase {
   };
 }
 
+/** PostgreSQL's fixed type OIDs (pg_type.dat), the ones PGlite's `types` names. */
+const PG_TYPE = { INT8: 20, BYTEA: 17 } as const;
+
 /**
  * PGlite parses bytea into a Uint8Array, char by char (0.7 ms per 6 KB
  * vector), and int8 into a number; node-postgres gives a Buffer and a string.
  * These parsers make both backends return the same rows, bytea natively.
  */
-const PG_COMPATIBLE = {
+const PG_COMPATIBLE: PgliteQueryOptions = {
   parsers: {
-    [types.BYTEA]: (x: string) => Buffer.from(x.slice(2), 'hex'),
-    [types.INT8]: (x: string) => x,
+    [PG_TYPE.BYTEA]: (x: string) => Buffer.from(x.slice(2), 'hex'),
+    [PG_TYPE.INT8]: (x: string) => x,
   },
 };
 
-function pgliteQueryable(q: PGliteInterface | Transaction): Queryable {
+function pgliteQueryable(q: PgliteQueryable): Queryable {
   return { query: (text, params) => q.query(text, params, PG_COMPATIBLE) };
 }
 
-export function pgliteDatabase(pglite: PGliteInterface): PgliteDatabase {
+export function pgliteDatabase(pglite: PgliteHandle): PgliteDatabase {
   return {
     backend: 'pglite',
     pglite,

@@ -105,16 +105,45 @@ export function sqlStateOf(err: unknown): string | undefined {
 
 /** The host name that did not resolve, when `err` is a DNS "not found". */
 function unknownHost(err: unknown): string | undefined {
+  const failure = dnsFailure(err);
+  return failure?.code === 'ENOTFOUND' ? failure.host : undefined;
+}
+
+export interface DnsFailure {
+  /** The name that did not resolve. */
+  host: string;
+  /** ENOTFOUND: the resolver says there is no such name; EAI_AGAIN: it could not answer. */
+  code: 'ENOTFOUND' | 'EAI_AGAIN';
+}
+
+/**
+ * The DNS failure behind `err`, through pg and the Prisma driver adapter, or
+ * undefined. At start-up both codes are waited out for a while (a new
+ * container's private DNS name may not resolve yet), then they are permanent:
+ * see {@link dnsPermanentError}.
+ */
+export function dnsFailure(err: unknown): DnsFailure | undefined {
   for (const e of chain(err)) {
-    if (e.code === 'ENOTFOUND') return typeof e.hostname === 'string' ? e.hostname : 'the database host';
+    if (e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') {
+      return { host: typeof e.hostname === 'string' ? e.hostname : 'the database host', code: e.code };
+    }
     // The adapter keeps no Node code; ENOTFOUND is the only socket error it maps
     // with a host name and no port (refused TCP has both; unix sockets are paths).
     if (isAdapterError(e)) {
       const c = e.cause as Node;
-      if (c.kind === 'DatabaseNotReachable' && typeof c.host === 'string' && !c.host.startsWith('/') && c.port === undefined) return c.host;
+      if (c.kind === 'DatabaseNotReachable' && typeof c.host === 'string' && !c.host.startsWith('/') && c.port === undefined) {
+        return { host: c.host, code: 'ENOTFOUND' };
+      }
     }
   }
   return undefined;
+}
+
+/** The error start() fails with once a DNS failure has outlasted its window (`startup.dnsRetryMs`). */
+export function dnsPermanentError(failure: DnsFailure, waitedMs: number, cause: unknown): PermanentError {
+  const waited = waitedMs > 0 ? ` (still, after ${Math.round(waitedMs / 1000)} s of retries)` : '';
+  const what = failure.code === 'ENOTFOUND' ? 'not found' : 'did not resolve (EAI_AGAIN: the DNS server gave no answer)';
+  return new PermanentError(`database host "${failure.host}" ${what}${waited}: fix the host in DATABASE_URL`, undefined, { cause });
 }
 
 /**

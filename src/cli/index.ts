@@ -47,7 +47,7 @@ function program(out: { code: number }): Command {
 
   cli
     .command('start')
-    .description('run the sidecar: HTTP API, LISTEN, metrics, maintenance jobs (configured by environment variables; see docs/reference.md)')
+    .description('run the sidecar: HTTP API, change capture, metrics, maintenance jobs (configured by environment variables: docs/reference.md, "Configuration")')
     .addOption(configOption())
     .action(async (o: { config?: string }) => {
       if (o.config) process.env.MEMORY_SYNC_CONFIG = o.config;
@@ -178,7 +178,7 @@ function program(out: { code: number }): Command {
       for (const f of findings) console.error(formatFinding(f));
       if (findings.length) {
         console.error(
-          `\n${findings.length} unsafe drop(s). Prisma cannot declare pgvector indexes and proposes dropping them as drift: delete those lines (see README, "--create-only").`,
+          `\n${findings.length} unsafe drop(s). Prisma cannot declare pgvector indexes and proposes dropping them as drift: delete those lines (docs/adopting.md, "5. Creating migrations").`,
         );
         out.code = 1;
       } else {

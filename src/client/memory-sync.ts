@@ -6,7 +6,7 @@ import { openEmbedded, type EmbeddedDatabase } from '../backend/embedded.js';
 import { createPool } from '../backend/pool.js';
 import { createPrisma, type PrismaClient } from '../backend/prisma.js';
 import { postgresDatabase, type Database, type Queryable } from '../backend/queryable.js';
-import { isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
+import { dnsFailure, dnsPermanentError, isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
 import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CollectionOptions, type CoreHooks, type EntityOptions } from '../cache/core.js';
 import type { PartitionStore } from '../cache/hot/hot-sets.js';
 import { nativeKernelsFit } from '../cache/hot/quantized.js';
@@ -281,12 +281,14 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   /**
-   * Waits out an unreachable database (with the reconnect backoff); tables
-   * that do not match the declaration, missing triggers, a wrong database or
-   * a bad password reject at once.
+   * Waits out an unreachable database (with the reconnect backoff), and a
+   * host name that does not resolve for `startup.dnsRetryMs`; tables that do
+   * not match the declaration, missing triggers, a wrong database or a bad
+   * password reject at once.
    */
   private async checkSchema(binding: Binding): Promise<Resolved> {
     const signal = this.lifetime.signal;
+    const started = performance.now();
     for (let attempt = 1; ; attempt++) {
       try {
         // Privileges first: a schema the role may not use makes its tables look missing.
@@ -296,6 +298,14 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
         for (const u of resolved.unconstrained) this.logger.warn({ relation: u }, 'a followed relation has no foreign key: changes are still seen, but rows may point nowhere');
         return resolved;
       } catch (err) {
+        const dns = dnsFailure(err);
+        if (dns && !signal.aborted) {
+          const waited = performance.now() - started;
+          if (waited >= this.options.startup.dnsRetryMs) throw dnsPermanentError(dns, attempt > 1 ? waited : 0, err);
+          this.warnings.warn('start', { attempt, host: dns.host, code: dns.code }, 'database host does not resolve yet; retrying');
+          await sleepUnlessAborted(Math.min(backoffDelay(attempt), this.options.startup.dnsRetryMs - waited), signal);
+          continue;
+        }
         const permanent = err instanceof PermanentError ? err : toPermanent(err);
         if (permanent) throw permanent;
         if (signal.aborted || !isTransient(err)) throw err;

@@ -15,6 +15,7 @@ export const DEFAULTS = {
   queryTimeoutMs: 30_000,
   retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2_000 },
   summaryIntervalMs: 60_000,
+  startup: { dnsRetryMs: 60_000 },
   embedded: { dataDir: './.memory-sync', inMemory: false },
 } as const;
 
@@ -134,6 +135,18 @@ export interface MemorySyncOptions<D extends Declaration = Declaration> {
     /** @defaultValue 2000 */
     maxTimeoutMs?: number;
   };
+  startup?: {
+    /**
+     * How long start() keeps retrying a database host name that does not
+     * resolve (ENOTFOUND, EAI_AGAIN) before it fails with a PermanentError;
+     * 0 fails at once. A container's private DNS name (Railway's
+     * `*.railway.internal`, say) may not resolve for the first seconds after
+     * a deploy, while a typo never will: the window covers the first and
+     * bounds the second.
+     * @defaultValue 60000
+     */
+    dnsRetryMs?: number;
+  };
   /**
    * Period of the "memory-sync summary" info log line; 0 turns it off.
    * @defaultValue 60000
@@ -209,6 +222,7 @@ export const optionsSchema = z.object({
     })
     .prefault({}),
   summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
+  startup: z.object({ dnsRetryMs: timerMs(0).default(D.startup.dnsRetryMs) }).prefault({}),
   bus: z.object({ url: z.string().min(1).optional() }).prefault({}),
   embedded: z
     .object({

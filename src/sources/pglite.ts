@@ -1,15 +1,15 @@
 import { EventEmitter } from 'node:events';
-import type { PGliteInterface } from '@electric-sql/pglite';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, PermanentError } from '../contract/errors.js';
 import { Barriers } from './barriers.js';
 import { barrierChannel, DEFAULT_CHANNEL, parsePayload } from '../contract/change-event.js';
 import { nowMs } from './pg-listen.js';
 import type { ChangeSource, ChangeSourceEvents, SourceState } from './source.js';
+import type { PgliteHandle } from '../backend/queryable.js';
 
 export interface PgliteSourceOptions {
   /** The embedded database the writes go through (src/backend/embedded.ts). */
-  db: PGliteInterface;
+  db: PgliteHandle;
   logger: Logger;
   /** The generated triggers' channel. @defaultValue "memory_sync" */
   channel?: string;
