@@ -96,6 +96,8 @@ export class Int8Rows {
   readonly kernelSlack: number;
   /** Which native kernels keep the bounds' promises here (see nativeKernelsFit). */
   kernels: { i8: boolean; f32: boolean };
+  /** @internal Tests only: scales every int8 bound and pgvector's error margin, to show a wrong bound is caught. */
+  testScales = { bound: 1, pgvector: 1 };
   private _version = 0;
   private s: RowState;
   private readonly rowCode: RowCode = { codeNorm: 0, errorNorm: 0 };

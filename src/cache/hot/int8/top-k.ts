@@ -171,7 +171,7 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
   if (!(qNorm > 0 && qNorm < Infinity)) throw new RangeError('query must be a finite, non-zero vector');
   const unit = Float64Array.from(q64, (v) => v / qNorm);
   const lanes = req.arithmetic?.lanes ?? 1;
-  const slack = pgvectorError(dim, lanes) + DISTANCE_ROUNDING;
+  const slack = (pgvectorError(dim, lanes) + DISTANCE_ROUNDING) * rows.testScales.pgvector;
   const scoring = new Scoring(rows, s, q32, q64, qNorm, k, min, slack, result);
 
   const int8 = s.built && rows.kernels.i8 && n - s.exceptions.size > 0;
@@ -199,7 +199,9 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
     return yield* finish(scoring, req, result, rows, s);
   }
 
-  const { codes, base, t, rowBound } = prepared;
+  const { codes, base, t } = prepared;
+  const boundScale = rows.testScales.bound;
+  const rowBound = boundScale === 1 ? prepared.rowBound : (c: number, e: number) => prepared.rowBound(c, e) * boundScale;
   const { codeNorms, errorNorms, exceptional } = s;
   const globalBound = rowBound(s.codeNormMax, s.errorNormMax) + slack;
 
