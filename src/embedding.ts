@@ -108,7 +108,17 @@ export const SEARCHABLE_NORM_MAX = 2 ** 63;
  * sum within a few parts in 2^53 of a bound.
  */
 export function searchableNorm(v: Float32Array): boolean {
+  return searchableSquaredNorm(squaredNorm(v));
+}
+
+/** Σ v_i² in float64, in index order: the sum `searchableNorm` judges. */
+export function squaredNorm(v: Float32Array): number {
   let squared = 0;
   for (let i = 0; i < v.length; i++) squared += v[i]! * v[i]!;
+  return squared;
+}
+
+/** `searchableNorm` for a sum already taken by `squaredNorm` (one pass over a row instead of two). */
+export function searchableSquaredNorm(squared: number): boolean {
   return squared >= SEARCHABLE_NORM_SQUARED_MIN && squared <= SEARCHABLE_NORM_SQUARED_MAX;
 }

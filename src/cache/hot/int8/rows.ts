@@ -1,4 +1,4 @@
-import { searchableNorm } from '../../../embedding.js';
+import { searchableSquaredNorm, squaredNorm } from '../../../embedding.js';
 import { ABS_SLACK, i8KernelSlack, nativeKernelsFit } from './kernel-fit.js';
 import { PGVECTOR_AVX2_FMA, pgvectorDot, type PgvectorArithmetic } from './pgvector-distance.js';
 import { newScales, pickFloor, quantizeRow, setScales, type RowCode, type Scales } from './quantize.js';
@@ -204,7 +204,7 @@ export class Int8Rows {
     if (!Number.isInteger(row) || row < 0 || row > s.count) throw new RangeError(`row ${row} is outside 0..${s.count}`);
     if (raw.length !== this.dim) throw new RangeError(`row has ${raw.length} dimensions, expected ${this.dim}`);
     if (row === s.count) {
-      if (row === s.capacity) this.grow(Math.max(16, Math.ceil(s.capacity * 1.25)));
+      if (row === s.capacity) this.grow(Math.max(16, Math.ceil(s.capacity * 1.5)));
       s.count++;
     }
     s.vectors.set(raw, row * this.dim);
@@ -250,15 +250,14 @@ export class Int8Rows {
     const c = chunkIndex(s.chunkStarts, row);
     const block = s.chunks[c]!;
     const codeOff = (row - s.chunkStarts[c]!) * dim;
-    if (!searchableNorm(x)) {
+    const sq = squaredNorm(x);
+    if (!searchableSquaredNorm(sq)) {
       s.live[row] = 0;
       s.norms[row] = 0;
       block.fill(0, codeOff, codeOff + dim);
       setException(s, row, false);
       return;
     }
-    let sq = 0;
-    for (let j = 0; j < dim; j++) sq += x[j]! * x[j]!;
     const norm = Math.sqrt(sq);
     s.live[row] = 1;
     s.norms[row] = norm;
