@@ -58,7 +58,7 @@ export interface PartitionSetOptions {
    * @defaultValue PGVECTOR_AVX2_FMA — x86-64 builds with -march=native on AVX2 + FMA, as on this project's machines.
    */
   arithmetic?: PgvectorArithmetic | null;
-  /** @internal Bytes per native block (tests use small blocks). @defaultValue CHUNK_BYTES (16 MiB) */
+  /** @internal Bytes per native block (tests use small blocks). @defaultValue CHUNK_BYTES (8 MiB) */
   chunkBytes?: number;
 }
 
@@ -259,7 +259,7 @@ export class PartitionSet {
     return { hits: stats.hits && stats.hits.map((h) => ({ id: this.ids[h.row]!, similarity: h.similarity, values: this.values[h.row]! })), stats };
   }
 
-  private *topKSteps(q: HotQuery): Generator<void, TopKResult, void> {
+  private *topKSteps(q: HotQuery): Generator<number | void, TopKResult, void> {
     if (!(q.query instanceof Float32Array) || q.query.length !== this.spec.dimension) {
       throw new RangeError(`query must be a Float32Array of ${this.spec.dimension} dimensions`);
     }

@@ -56,14 +56,9 @@ export function fmaF32(a: number, b: number, c: number): number {
   const s = p + c;
   const r = fround(s);
   if (r === s) return r;
-  const d = s - r;
-  const t = s + d;
+  const t = s + (s - r);
   if (fround(t) !== t) return r;
-  // TwoSum: the rounding error of p + c, exactly.
-  const cb = s - p;
-  const e = p - (s - cb) + (c - cb);
-  if (e === 0) return r; // a true tie: fround rounded it to even
-  return e > 0 ? Math.max(r, t) : Math.min(r, t);
+  return midpoint(p, c, s, r, t); // (a true tie, exact in double, stays as fround rounded it: to even)
 }
 
 /** The float32 sum pgvector's loop computes for Σ a_i·b_i (a === b for a squared norm). */
@@ -75,7 +70,54 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
     else for (let i = 0; i < n; i++) s = fround(s + fround(a[i]! * b[i]!));
     return s;
   }
-  const fma = arithmetic.fused ? fmaF32 : (x: number, y: number, z: number) => fround(z + fround(x * y));
+  if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
+  // The fused 8-lane loop, fmaF32 written out so V8 keeps it in one tight loop (~4× faster than calls).
+  const lanes = laneScratch;
+  lanes.fill(0);
+  const n8 = n >= 8 ? n & ~7 : 0;
+  for (let i = 0; i < n8; i += 8) {
+    for (let l = 0; l < 8; l++) {
+      const p = a[i + l]! * b[i + l]!;
+      const c = lanes[l]!;
+      const s = p + c;
+      let r = fround(s);
+      if (r !== s) {
+        const t = s + (s - r);
+        if (fround(t) === t) r = midpoint(p, c, s, r, t);
+      }
+      lanes[l] = r;
+    }
+  }
+  let v0 = fround(lanes[0]! + lanes[4]!);
+  let v1 = fround(lanes[1]! + lanes[5]!);
+  let v2 = fround(lanes[2]! + lanes[6]!);
+  let v3 = fround(lanes[3]! + lanes[7]!);
+  let i = n8;
+  if (n - n8 >= 4) {
+    v0 = fmaF32(a[i]!, b[i]!, v0);
+    v1 = fmaF32(a[i + 1]!, b[i + 1]!, v1);
+    v2 = fmaF32(a[i + 2]!, b[i + 2]!, v2);
+    v3 = fmaF32(a[i + 3]!, b[i + 3]!, v3);
+    i += 4;
+  }
+  let s = fround(fround(v0 + v2) + fround(v1 + v3));
+  for (; i < n; i++) s = fmaF32(a[i]!, b[i]!, s);
+  return s;
+}
+
+const laneScratch = new Float64Array(8);
+
+/** fmaF32's rare branch: s = p + c (double) is a float32 midpoint between r and t; the exact sum's side of it decides. */
+function midpoint(p: number, c: number, s: number, r: number, t: number): number {
+  const cb = s - p;
+  const e = p - (s - cb) + (c - cb); // TwoSum: the rounding error of p + c, exactly
+  if (e === 0) return r;
+  return e > 0 ? Math.max(r, t) : Math.min(r, t);
+}
+
+/** The 8-lane shape with an unfused multiply-add. */
+function laneDot(a: Float32Array, b: Float32Array, fma: (x: number, y: number, z: number) => number): number {
+  const n = a.length;
   let l0 = 0;
   let l1 = 0;
   let l2 = 0;

@@ -19,22 +19,27 @@ export interface SliceOptions {
 }
 
 /** Runs resumable work to its end in one go. */
-export function runToEnd<T>(steps: Generator<void, T, void>): T {
+export function runToEnd<T>(steps: Generator<number | void, T, void>): T {
   for (;;) {
     const s = steps.next();
     if (s.done) return s.value;
   }
 }
 
-/** Runs resumable work, yielding to the event loop when a slice has used its budget; null once abandoned. */
-export async function runSliced<T>(steps: Generator<void, T, void>, slicing: SliceOptions = {}): Promise<T | null> {
+/**
+ * Runs resumable work, yielding to the event loop when a slice has used its
+ * budget; null once abandoned. A step may yield the time it expects its next
+ * step to take (ms, e.g. a native scan): the slice then ends before it when
+ * both would not fit, so no slice runs much past the budget.
+ */
+export async function runSliced<T>(steps: Generator<number | void, T, void>, slicing: SliceOptions = {}): Promise<T | null> {
   const budget = slicing.budgetMs ?? 1;
   const stillCurrent = slicing.stillCurrent ?? (() => true);
   let sliceStart = performance.now();
   for (;;) {
     const s = steps.next();
     if (s.done) return s.value;
-    if (performance.now() - sliceStart >= budget) {
+    if (performance.now() - sliceStart + (s.value ?? 0) >= budget) {
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (!stillCurrent()) {
         steps.return(undefined as T);

@@ -1,5 +1,5 @@
 import { f32Delta, scan } from './kernel-fit.js';
-import { pgvectorDistanceFromSums, pgvectorDot, pgvectorError, type PgvectorArithmetic } from './pgvector-distance.js';
+import { pgvectorDot, pgvectorError, type PgvectorArithmetic } from './pgvector-distance.js';
 import { prepareQuery } from './quantize.js';
 import type { Int8Rows, RowState } from './rows.js';
 
@@ -17,20 +17,26 @@ import type { Int8Rows, RowState } from './rows.js';
  * The intervals. Each row's unit direction u_r is stored as int8 codes
  * (quantize.ts): the native int8 scan gives base + t·(c_r·d), within
  * `rowBound` of u_r·q. A row scored natively in float32 (gathered) is within
- * `f32Delta` of its dot; a row scored in JS in float64 is within
- * (4d + 16)·2⁻⁵³ of its cosine. A row is left out only when its interval's
- * top is strictly below the k-th best interval bottom seen (so k rows
- * certainly rank before it: ties within E are never left out) or below
+ * `f32Delta` of its dot. An "exact" score is P_r itself, recomputed bit for
+ * bit in pgvector's arithmetic (pgvector-distance.ts), within 2⁻⁴⁸ (the
+ * rounding of 1 − P); with the server's arithmetic unknown it is the float64
+ * cosine, within (4d + 16)·2⁻⁵³ + E. Bounds are compared after clamping to
+ * [−1, 1], as pgvector clamps before ordering (rows tied at ±1 go by id).
+ *
+ * The proof. A row is left out only when its interval's top is strictly
+ * below the k-th best interval bottom seen (k distinct rows then certainly
+ * rank before it: ties within the intervals are never left out) or below
  * `minSimilarity`. The int8 scan returns its best `wanted` rows of each
  * block; every row it did not return has an approximate score no higher than
  * the last returned, so once that plus the largest row bound is below the
  * bar, no unreturned row can matter; otherwise the list widens (×8), at worst
- * to every row. Rows left in are rescored in float64, and those whose
- * interval still reaches the bar get pgvector's distance recomputed bit for
- * bit (pgvector-distance.ts) and are ranked on it, ties by id: the answer is
- * pgvector's. With the server's arithmetic unknown (`arithmetic: null`) the
- * ranking uses the float64 scores and the answer is given up (null) when any
- * decision in it rests on a difference within 2E.
+ * to every row. The first k + 4 candidates are scored exactly (a good bar
+ * early), the rest natively in float32; those whose interval still reaches
+ * the bar are scored exactly, and the rows whose exact score reaches the
+ * final bar are ranked on pgvector's distance 1 − clamp(P_r), ties by id:
+ * the answer is pgvector's. With the arithmetic unknown the ranking uses
+ * the float64 scores and the answer is given up (null) when any decision in
+ * it rests on a difference within 2E.
  *
  * Rows whose bound is looser than the build's (written later, clamped) are
  * exceptions, scored every time; rows that fail the norm rule are never
@@ -51,6 +57,8 @@ const FIRST_BATCH_ROWS = 8;
 const SMALL_BATCH_ROWS = 4;
 /** f64 rescores between yield points. */
 const RESCORES_PER_STEP = 64;
+/** Int8 scan speed assumed when planning slices (a slow machine's: ~8 GB/s). */
+const SCAN_BYTES_PER_MS = 8e6;
 /** Margin for the rounding of 1 − P (the distance) and of 1 − D (the similarity returned). */
 const DISTANCE_ROUNDING = 2 ** -48;
 
@@ -119,6 +127,11 @@ export function newTopKMemory(): TopKMemory {
   return { depth: 2 * FIRST_CANDIDATES };
 }
 
+/** pgvector clamps its similarity to [-1, 1] before ordering: bounds are compared clamped, so rows tied at ±1 are never told apart by their unclamped scores. */
+function clamp(x: number): number {
+  return x > 1 ? 1 : x < -1 ? -1 : x;
+}
+
 /** f64 dot of row `row` of a row-major f32 block with q. Four sums let V8 overlap the multiply-adds. */
 function dotRow(rows: Float32Array, row: number, q: Float64Array, dim: number): number {
   const off = row * dim;
@@ -144,7 +157,7 @@ const scratchBlocks = new Map<number, Float32Array>();
  * The kernel's entry point, as resumable work (see slicing.ts): the exact
  * top-k of `req` over the rows' current state.
  */
-export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest): Generator<void, TopKResult, void> {
+export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest): Generator<number | void, TopKResult, void> {
   const s = rows.state;
   const { dim } = rows;
   const n = s.count;
@@ -169,10 +182,11 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
   for (let j = 0; j < dim; j++) qq += q64[j]! * q64[j]!;
   const qNorm = Math.sqrt(qq);
   if (!(qNorm > 0 && qNorm < Infinity)) throw new RangeError('query must be a finite, non-zero vector');
-  const unit = Float64Array.from(q64, (v) => v / qNorm);
+  const unit = new Float64Array(dim); // (TypedArray.from with a map function is ~100× slower)
+  for (let j = 0; j < dim; j++) unit[j] = q64[j]! / qNorm;
   const lanes = req.arithmetic?.lanes ?? 1;
   const slack = (pgvectorError(dim, lanes) + DISTANCE_ROUNDING) * rows.testScales.pgvector;
-  const scoring = new Scoring(rows, s, q32, q64, qNorm, k, min, slack, result);
+  const scoring = new Scoring(rows, s, q32, q64, qNorm, k, min, slack, result, req.arithmetic);
 
   const int8 = s.built && rows.kernels.i8 && n - s.exceptions.size > 0;
   const narrow = req.passingRows !== undefined && req.passingRows.length <= FILTERED_SCAN_SHARE * n;
@@ -196,7 +210,7 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       return true;
     });
     scoring.flush();
-    return yield* finish(scoring, req, result, rows, s);
+    return yield* finish(scoring, req, result);
   }
 
   const { codes, base, t } = prepared;
@@ -234,6 +248,7 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       if (rowsHere === 0) continue;
       const take = Math.min(wanted, rowsHere);
       const start = s.chunkStarts[c]!;
+      yield (rowsHere * dim) / SCAN_BYTES_PER_MS; // the scan is one step: start it in a fresh slice if it would not fit
       const m = scan(s.chunks[c]!, rowsHere, codes, dim, take);
       result.scans++;
       result.bytes += rowsHere * dim;
@@ -263,12 +278,12 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       if (exceptional[row] === 1 || (seen && seen[row] === 1)) continue;
       const approx = base + t * (1 - distances[x]!);
       const bar = scoring.bar();
-      if (approx + globalBound < bar) {
+      if (clamp(approx + globalBound) < bar) {
         pruned = true;
         break; // and so is every later candidate
       }
       if (!accept(row)) continue;
-      if (approx + rowBound(codeNorms[row]!, errorNorms[row]!) + slack < bar) {
+      if (clamp(approx + rowBound(codeNorms[row]!, errorNorms[row]!) + slack) < bar) {
         pruned = true;
         continue;
       }
@@ -285,10 +300,10 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
     scoring.flush(!firstFlushed);
     firstFlushed = true;
     examined += x;
-    if (allScanned || unscannedTop + globalBound < scoring.bar()) {
+    if (allScanned || clamp(unscannedTop + globalBound) < scoring.bar()) {
       memory.depth = 0.8 * memory.depth + 0.2 * Math.min(examined * share, rows.chunkRows);
       if (allScanned && !pruned) result.path = 'exhaustive';
-      return yield* finish(scoring, req, result, rows, s);
+      return yield* finish(scoring, req, result);
     }
     if (!seen) {
       seen = new Uint8Array(n);
@@ -299,23 +314,17 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
 }
 
 /** Rescores in f64 every row that can still be in the top-k, then ranks those that can on pgvector's own distance. */
-function* finish(scoring: Scoring, req: TopKRequest, result: TopKResult, rows: Int8Rows, s: RowState): Generator<void, TopKResult, void> {
+function* finish(scoring: Scoring, req: TopKRequest, result: TopKResult): Generator<number | void, TopKResult, void> {
   const finalists = yield* scoring.exact();
   const { ids, compareIds, k } = req;
   const min = req.minSimilarity ?? -Infinity;
   if (req.arithmetic) {
-    const dim = rows.dim;
-    const q32 = scoring.q32;
-    const qq = pgvectorDot(q32, q32, req.arithmetic);
+    // The finalists' scores are pgvector's P_r: its distance is 1 − clamp(P_r), bit for bit.
     const ranked: { row: number; distance: number }[] = [];
     for (let i = 0; i < finalists.rows.length; i++) {
-      const row = finalists.rows[i]!;
-      const x = s.vectors.subarray(row * dim, (row + 1) * dim);
-      const distance = pgvectorDistanceFromSums(pgvectorDot(x, q32, req.arithmetic), rows.pgNorm(row), qq);
-      result.emulated++;
-      result.bytes += 4 * dim;
-      if (1 - distance >= min) ranked.push({ row, distance }); // NaN fails: never ranked
-      if (i % 16 === 15) yield;
+      const p = finalists.scores[i]!;
+      const distance = 1 - (p > 1 ? 1 : p < -1 ? -1 : p);
+      if (1 - distance >= min) ranked.push({ row: finalists.rows[i]!, distance }); // NaN fails: never ranked
     }
     ranked.sort((a, b) => a.distance - b.distance || compareIds(ids[a.row]!, ids[b.row]!));
     result.hits = ranked.slice(0, k).map((h) => ({ row: h.row, similarity: 1 - h.distance }));
@@ -365,6 +374,8 @@ class Scoring {
     readonly min: number,
     private readonly slack: number,
     readonly result: TopKResult,
+    /** Known: "exact" scores are pgvector's own P_r, recomputed bit for bit; null: float64 cosines. */
+    private readonly arithmetic: PgvectorArithmetic | null,
   ) {
     const dim = rows.dim;
     let scratch = scratchBlocks.get(dim);
@@ -373,8 +384,12 @@ class Scoring {
       scratchBlocks.set(dim, scratch);
     }
     this.scratch = scratch;
-    this.exactDelta = (4 * dim + 16) * 2 ** -53 + slack;
+    this.exactDelta = arithmetic ? DISTANCE_ROUNDING : (4 * dim + 16) * 2 ** -53 + slack;
+    this.qq = arithmetic ? pgvectorDot(q32, q32, arithmetic) : NaN;
   }
+
+  /** pgvector's float32 Σq² (with a known arithmetic). */
+  private readonly qq: number;
 
   /** Rows below this cannot be in the answer: the k-th best lower bound, or minSimilarity. */
   bar(): number {
@@ -386,8 +401,16 @@ class Scoring {
     return this.pending.push(row);
   }
 
+  /** A row's exact score: pgvector's P_r itself (known arithmetic), else its float64 cosine. */
   private exactScore(row: number): number {
-    return dotRow(this.s.vectors, row, this.q64, this.rows.dim) / (this.s.norms[row]! * this.qNorm);
+    const dim = this.rows.dim;
+    if (this.arithmetic) {
+      this.result.emulated++;
+      const x = this.s.vectors.subarray(row * dim, (row + 1) * dim);
+      return pgvectorDot(x, this.q32, this.arithmetic) / Math.sqrt(this.rows.pgNorm(row) * this.qq); // as pgvectorDistanceFromSums, before the clamp
+    }
+    this.result.rescored++;
+    return dotRow(this.s.vectors, row, this.q64, dim) / (this.s.norms[row]! * this.qNorm);
   }
 
   /** Scores the queued rows: in JS (f64) when `exact`, when the batch is small, or without a trusted f32 kernel; else natively in f32. */
@@ -400,7 +423,6 @@ class Scoring {
     this.result.bytes += m * dim * 4;
     if (exact || !this.rows.kernels.f32 || m <= SMALL_BATCH_ROWS) {
       for (const row of pending) this.keep(row, this.exactScore(row), this.exactDelta, true);
-      this.result.rescored += m;
       return;
     }
     const rows = s.vectors;
@@ -425,7 +447,7 @@ class Scoring {
   /** Records a row's interval, unless it already cannot reach the bar. */
   private keep(row: number, score: number, delta: number, exact: boolean): void {
     // A NaN score (no live row has one: the norm rule keeps them out) is never ranked.
-    if (Number.isNaN(score) || score + delta < this.bar()) return;
+    if (Number.isNaN(score) || clamp(score + delta) < this.bar()) return;
     this.keptRows.push(row);
     this.keptScores.push(score);
     this.keptDeltas.push(delta);
@@ -433,8 +455,9 @@ class Scoring {
     this.offerLower(score - delta);
   }
 
-  private offerLower(lower: number): void {
+  private offerLower(unclamped: number): void {
     const { lowers, k } = this;
+    const lower = clamp(unclamped);
     if (lowers.length === k) {
       if (lower <= lowers[k - 1]!) return;
       lowers.pop();
@@ -456,7 +479,7 @@ class Scoring {
     const scores: number[] = [];
     let rescored = 0;
     for (let i = 0; i < keptRows.length; i++) {
-      if (keptScores[i]! + keptDeltas[i]! < bar) continue;
+      if (clamp(keptScores[i]! + keptDeltas[i]!) < bar) continue;
       let score = keptScores[i]!;
       if (!keptExact[i]) {
         score = this.exactScore(keptRows[i]!);
@@ -465,7 +488,6 @@ class Scoring {
       candidates.push(keptRows[i]!);
       scores.push(score);
     }
-    this.result.rescored += rescored;
     this.result.bytes += rescored * this.rows.dim * 4;
     // The bar again, from the f64 intervals alone (each row counted once): never below the first.
     this.lowers.length = 0;
@@ -474,7 +496,7 @@ class Scoring {
     const rows: number[] = [];
     const kept: number[] = [];
     for (let i = 0; i < candidates.length; i++) {
-      if (scores[i]! + this.exactDelta >= finalBar) {
+      if (clamp(scores[i]! + this.exactDelta) >= finalBar) {
         rows.push(candidates[i]!);
         kept.push(scores[i]!);
       }
