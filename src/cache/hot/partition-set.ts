@@ -58,7 +58,7 @@ export interface PartitionSetOptions {
    * @defaultValue PGVECTOR_AVX2_FMA — x86-64 builds with -march=native on AVX2 + FMA, as on this project's machines.
    */
   arithmetic?: PgvectorArithmetic | null;
-  /** @internal Bytes per native block (tests use small blocks). @defaultValue CHUNK_BYTES (8 MiB) */
+  /** @internal Bytes per native block (tests use small blocks). @defaultValue CHUNK_BYTES (16 MiB) */
   chunkBytes?: number;
 }
 

@@ -17,8 +17,8 @@ import { newScales, pickFloor, quantizeRow, setScales, type RowCode, type Scales
  * the bound for the others.
  */
 
-/** Bytes per native block (one scan step: ~0.5 ms, so a sliced search stays within ~2 ms slices); each block is its own ArrayBuffer because usearch ignores a view's byteOffset. */
-export const CHUNK_BYTES = 8 * 1024 * 1024;
+/** Bytes per native block (one scan step: ~0.6–1 ms, started in a slice of its own, so a sliced search stays within ~2 ms slices); each block is its own ArrayBuffer because usearch ignores a view's byteOffset. */
+export const CHUNK_BYTES = 16 * 1024 * 1024;
 /** A row written after the build stays regular while its error norm is within this factor of the build's largest. */
 const ERROR_HEADROOM = 1.25;
 /** Rows per yield point of a build (~1 ms of quantizing at 1536 dims). */

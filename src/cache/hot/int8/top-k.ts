@@ -30,8 +30,8 @@ import type { Int8Rows, RowState } from './rows.js';
  * block; every row it did not return has an approximate score no higher than
  * the last returned, so once that plus the largest row bound is below the
  * bar, no unreturned row can matter; otherwise the list widens (×8), at worst
- * to every row. The first k + 4 candidates are scored exactly (a good bar
- * early), the rest natively in float32; those whose interval still reaches
+ * to every row. Candidates are scored natively in float32 in batches (the
+ * first of k + 4 rows, so a good bar comes early); those whose interval still reaches
  * the bar are scored exactly, and the rows whose exact score reaches the
  * final bar are ranked on pgvector's distance 1 − clamp(P_r), ties by id:
  * the answer is pgvector's. With the arithmetic unknown the ranking uses
@@ -44,7 +44,7 @@ import type { Int8Rows, RowState } from './rows.js';
  */
 
 /** Fewest candidates taken in the first round, before dividing by the filter's pass share. */
-const FIRST_CANDIDATES = 32;
+const FIRST_CANDIDATES = 128;
 /** Each further round takes this many times more candidates. */
 const WIDEN_FACTOR = 8;
 /** At or below this pass share, the passing rows alone are scored (gathering and scoring one f32 row costs about 16 int8 rows' scan). */
@@ -124,7 +124,7 @@ export interface TopKMemory {
 }
 
 export function newTopKMemory(): TopKMemory {
-  return { depth: 2 * FIRST_CANDIDATES };
+  return { depth: FIRST_CANDIDATES };
 }
 
 /** pgvector clamps its similarity to [-1, 1] before ordering: bounds are compared clamped, so rows tied at ±1 are never told apart by their unclamped scores. */
@@ -229,19 +229,17 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
   }
   scoring.flush();
 
-  // A second native round costs a whole scan, a longer first list only a bigger heap: twice the usual depth.
-  let wanted = Math.ceil(Math.max(memory.depth * 2, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
+  // A second native round costs a whole scan, a longer first list only a bigger heap (~50 ns a candidate): four times the usual depth.
+  let wanted = Math.ceil(Math.max(memory.depth * 4, 4 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
   let examined = 0;
   let pruned = false;
   let seen: Uint8Array | undefined;
   const firstRound: number[] = [];
   let batch = Math.min(Math.max(FIRST_BATCH_ROWS, k + 4), BATCH_ROWS);
-  let firstFlushed = false;
   for (;;) {
-    let candidates: number[] = [];
-    let distances: number[] = [];
+    const lists: { keys: Uint32Array | number[]; distances: Float32Array; start: number; take: number }[] = [];
+    let total = 0;
     let unscannedTop = -Infinity; // best approximate score a row no block returned can have
-    let sorted = true;
     let allScanned = true;
     for (const c of chunkList) {
       const rowsHere = rowsIn(c);
@@ -252,25 +250,47 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       const m = scan(s.chunks[c]!, rowsHere, codes, dim, take);
       result.scans++;
       result.bytes += rowsHere * dim;
-      let last = -Infinity;
-      for (let x = 0; x < take; x++) {
-        const dx = m.distances[x]!;
-        if (dx < last) sorted = false;
-        if (dx > last) last = dx;
-        candidates.push(m.keys[2 * x]! + start);
-        distances.push(dx);
+      let keys = m.keys;
+      let dists = m.distances;
+      for (let x = 1; x < take; x++) {
+        if (dists[x]! < dists[x - 1]!) {
+          // usearch partially sorts its list; should one ever come back out of order, order it here (the early stop below relies on it).
+          const order = Array.from({ length: take }, (_, i) => i).sort((a, b) => dists[a]! - dists[b]!);
+          const k2: number[] = [];
+          for (const i of order) k2.push(keys[2 * i]!, 0);
+          dists = Float32Array.from(order, (i) => dists[i]!);
+          keys = k2;
+          break;
+        }
       }
+      lists.push({ keys, distances: dists, start, take });
+      total += take;
       if (take < rowsHere) {
         allScanned = false;
+        let last = -Infinity; // (usearch sorts its list; the largest is taken anyway)
+        for (let x = 0; x < take; x++) if (m.distances[x]! > last) last = m.distances[x]!;
         unscannedTop = Math.max(unscannedTop, base + t * (1 - last));
       }
       yield;
     }
-    if (!sorted || chunkList.length > 1) {
-      // Merge the blocks' lists best first, so the walk below can stop at the first row that cannot matter.
-      const order = candidates.map((_, x) => x).sort((a, b) => distances[a]! - distances[b]!);
-      candidates = order.map((x) => candidates[x]!);
-      distances = order.map((x) => distances[x]!);
+    // The blocks' lists merged best first, so the walk below can stop at the first row that cannot matter.
+    const candidates = new Int32Array(total);
+    const distances = new Float64Array(total);
+    const heads = new Int32Array(lists.length);
+    for (let o = 0; o < total; o++) {
+      let best = -1;
+      let bestD = Infinity;
+      for (let l = 0; l < lists.length; l++) {
+        const h = heads[l]!;
+        if (h < lists[l]!.take && (best < 0 || lists[l]!.distances[h]! < bestD)) {
+          best = l;
+          bestD = lists[l]!.distances[h]!;
+        }
+      }
+      const list = lists[best]!;
+      const h = heads[best]!++;
+      candidates[o] = list.keys[2 * h]! + list.start;
+      distances[o] = bestD;
     }
     let x = 0;
     for (; x < candidates.length; x++) {
@@ -290,15 +310,13 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       if (seen) seen[row] = 1;
       else firstRound.push(row);
       if (scoring.add(row) >= batch) {
-        // The first batch holds most of the answer: scored exactly, it sets the bar for the rest.
-        scoring.flush(!firstFlushed);
-        firstFlushed = true;
+        // The first batch holds most of the answer: scored first (natively, ±f32Delta), it sets the bar for the rest.
+        scoring.flush();
         batch = Math.min(BATCH_ROWS, batch * 2);
         yield;
       }
     }
-    scoring.flush(!firstFlushed);
-    firstFlushed = true;
+    scoring.flush();
     examined += x;
     if (allScanned || clamp(unscannedTop + globalBound) < scoring.bar()) {
       memory.depth = 0.8 * memory.depth + 0.2 * Math.min(examined * share, rows.chunkRows);
