@@ -30,7 +30,7 @@ export function runToEnd<T>(steps: Generator<number | void, T, void>): T {
  * Runs resumable work, yielding to the event loop when a slice has used its
  * budget; null once abandoned. A step may yield the time it expects its next
  * step to take (ms, e.g. a native scan): the slice then ends before it when
- * both would not fit, so no slice runs much past the budget.
+ * the two would run past twice the budget, so no slice runs much past that.
  */
 export async function runSliced<T>(steps: Generator<number | void, T, void>, slicing: SliceOptions = {}): Promise<T | null> {
   const budget = slicing.budgetMs ?? 1;
@@ -39,7 +39,8 @@ export async function runSliced<T>(steps: Generator<number | void, T, void>, sli
   for (;;) {
     const s = steps.next();
     if (s.done) return s.value;
-    if (performance.now() - sliceStart + (s.value ?? 0) >= budget) {
+    const elapsed = performance.now() - sliceStart;
+    if (elapsed >= budget || elapsed + (s.value ?? 0) > 2 * budget) {
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (!stillCurrent()) {
         steps.return(undefined as T);

@@ -244,7 +244,8 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
     for (const c of chunkList) {
       const rowsHere = rowsIn(c);
       if (rowsHere === 0) continue;
-      const take = Math.min(wanted, rowsHere);
+      // Each block's share of the list (usearch's cost grows with it), with room for uneven blocks: a block that runs short sends the search to another round.
+      const take = Math.min(rowsHere, Math.max(2 * k + 8, Math.ceil((2 * wanted * rowsHere) / scanned)));
       const start = s.chunkStarts[c]!;
       yield (rowsHere * dim) / SCAN_BYTES_PER_MS; // the scan is one step: start it in a fresh slice if it would not fit
       const m = scan(s.chunks[c]!, rowsHere, codes, dim, take);
@@ -338,18 +339,29 @@ function* finish(scoring: Scoring, req: TopKRequest, result: TopKResult): Genera
   const min = req.minSimilarity ?? -Infinity;
   if (req.arithmetic) {
     // The finalists' scores are pgvector's P_r: its distance is 1 − clamp(P_r), bit for bit.
-    const ranked: { row: number; distance: number }[] = [];
+    // The k best by (distance, id), kept sorted: most finalists lose to the k-th at once (all of them may be finalists when every row ties).
+    const best: { row: number; distance: number }[] = [];
+    const before = (a: { row: number; distance: number }, b: { row: number; distance: number }) =>
+      a.distance < b.distance || (a.distance === b.distance && compareIds(ids[a.row]!, ids[b.row]!) < 0);
     for (let i = 0; i < finalists.rows.length; i++) {
       const p = finalists.scores[i]!;
       const distance = 1 - (p > 1 ? 1 : p < -1 ? -1 : p);
-      if (1 - distance >= min) ranked.push({ row: finalists.rows[i]!, distance }); // NaN fails: never ranked
+      if (!(1 - distance >= min)) continue; // NaN fails: never ranked
+      const hit = { row: finalists.rows[i]!, distance };
+      if (best.length === k && !before(hit, best[k - 1]!)) continue;
+      if (best.length === k) best.pop();
+      let at = best.length;
+      while (at > 0 && before(hit, best[at - 1]!)) at--;
+      best.splice(at, 0, hit);
+      if (i % 2048 === 2047) yield;
     }
-    ranked.sort((a, b) => a.distance - b.distance || compareIds(ids[a.row]!, ids[b.row]!));
-    result.hits = ranked.slice(0, k).map((h) => ({ row: h.row, similarity: 1 - h.distance }));
+    result.hits = best.map((h) => ({ row: h.row, similarity: 1 - h.distance }));
     return result;
   }
   // Unknown arithmetic: rank on f64 scores; give up where pgvector could decide otherwise.
   const margin = finalists.delta;
+  // Every finalist reaches within 2·margin of the k-th: more than k of them already makes the answer ambiguous.
+  if (finalists.rows.length > 2 * k + 16) return { ...result, hits: null };
   const order = finalists.rows.map((row, i) => ({ row, score: finalists.scores[i]! })).sort((a, b) => b.score - a.score || compareIds(ids[a.row]!, ids[b.row]!));
   const chosen: { row: number; score: number }[] = [];
   for (const c of order) {
