@@ -246,27 +246,30 @@ export class Int8Rows {
   private encode(s: RowState, row: number): void {
     const { dim } = this;
     const off = row * dim;
-    const x = s.vectors.subarray(off, off + dim);
+    const sq = squaredNorm(s.vectors.subarray(off, off + dim));
+    const live = searchableSquaredNorm(sq);
+    s.live[row] = live ? 1 : 0;
+    s.norms[row] = live ? Math.sqrt(sq) : 0;
+    this.quantize(s, row);
+  }
+
+  /** Codes of row `row`, whose norm and liveness are set: zeros (and no exception) for a row that is not live. */
+  private quantize(s: RowState, row: number): void {
+    const { dim } = this;
     const c = chunkIndex(s.chunkStarts, row);
     const block = s.chunks[c]!;
     const codeOff = (row - s.chunkStarts[c]!) * dim;
-    const sq = squaredNorm(x);
-    if (!searchableSquaredNorm(sq)) {
-      s.live[row] = 0;
-      s.norms[row] = 0;
+    if (s.live[row] !== 1) {
       block.fill(0, codeOff, codeOff + dim);
       setException(s, row, false);
       return;
     }
-    const norm = Math.sqrt(sq);
-    s.live[row] = 1;
-    s.norms[row] = norm;
     if (!s.built) {
       block.fill(0, codeOff, codeOff + dim);
       setException(s, row, true);
       return;
     }
-    quantizeRow(s.scales, dim, s.vectors, off, 1 / norm, block, codeOff, this.rowCode);
+    quantizeRow(s.scales, dim, s.vectors, row * dim, 1 / s.norms[row]!, block, codeOff, this.rowCode);
     const { codeNorm, errorNorm } = this.rowCode;
     s.codeNorms[row] = codeNorm;
     s.errorNorms[row] = errorNorm;
@@ -309,7 +312,9 @@ export class Int8Rows {
           if (u > hi[j]!) hi[j] = u;
         }
         if (i >= nextSample) {
-          sample.push(Float64Array.from(old.vectors.subarray(off, off + dim), (v) => v * inv));
+          const u = new Float64Array(dim);
+          for (let j = 0; j < dim; j++) u[j] = old.vectors[off + j]! * inv;
+          sample.push(u);
           nextSample += stride;
         }
       }
@@ -351,7 +356,9 @@ export class Int8Rows {
       const r = at(i);
       if (s.vectors !== old.vectors) s.vectors.set(old.vectors.subarray(r * dim, (r + 1) * dim), i * dim);
       s.pgNorms[i] = old.pgNorms[r]!;
-      this.encode(s, i);
+      s.norms[i] = old.norms[r]!;
+      s.live[i] = old.live[r]!;
+      this.quantize(s, i);
       if (i % BUILD_ROWS_PER_STEP === BUILD_ROWS_PER_STEP - 1) yield;
     }
     s.errorLimit = s.errorNormMax * ERROR_HEADROOM + ABS_SLACK;
