@@ -55,8 +55,8 @@ const BATCH_ROWS = 256;
 const FIRST_BATCH_ROWS = 8;
 /** Batches up to this size are scored in JS: a native call has a fixed cost of a few µs. */
 const SMALL_BATCH_ROWS = 4;
-/** f64 rescores between yield points. */
-const RESCORES_PER_STEP = 64;
+/** Vector components scored exactly (emulated or f64) between yield points: ~0.2 ms. */
+const EXACT_ELEMENTS_PER_STEP = 50_000;
 /** Int8 scan speed assumed when planning slices (a slow machine's: ~8 GB/s). */
 const SCAN_BYTES_PER_MS = 8e6;
 /** Margin for the rounding of 1 − P (the distance) and of 1 − D (the similarity returned). */
@@ -507,13 +507,14 @@ class Scoring {
     const { keptRows, keptScores, keptDeltas, keptExact } = this;
     const candidates: number[] = [];
     const scores: number[] = [];
+    const perStep = Math.max(1, Math.floor(EXACT_ELEMENTS_PER_STEP / this.rows.dim));
     let rescored = 0;
     for (let i = 0; i < keptRows.length; i++) {
       if (clamp(keptScores[i]! + keptDeltas[i]!) < bar) continue;
       let score = keptScores[i]!;
       if (!keptExact[i]) {
         score = this.exactScore(keptRows[i]!);
-        if (++rescored % RESCORES_PER_STEP === 0) yield;
+        if (++rescored % perStep === 0) yield;
       }
       candidates.push(keptRows[i]!);
       scores.push(score);
