@@ -1,0 +1,220 @@
+/**
+ * pgvector's `<=>` (cosine distance), reproduced bit for bit, and a bound on
+ * how far it can be from the true cosine.
+ *
+ * pgvector 0.8 (src/vector.c, VectorCosineSimilarity) sums `a·b`, `a·a` and
+ * `b·b` in float32, compiled with -ftree-vectorize -fassociative-math, so the
+ * order of the additions is the compiler's, then returns
+ * `1 − clamp(double(ab) / sqrt(double(aa) · double(bb)), −1, 1)` in double.
+ * Rows a few float32 steps apart are ordered by those float32 sums, not by
+ * the true cosine, so a search that must equal pgvector's answer on
+ * near-ties must redo that arithmetic exactly for the rows that decide the
+ * answer (and may use any tighter arithmetic elsewhere, widened by
+ * `pgvectorError`).
+ *
+ * `PGVECTOR_AVX2_FMA` is the shape of an x86-64 build with
+ * `-march=native` on a CPU with AVX2 and FMA (the Makefile's default), read
+ * from the disassembly of the installed vector.so: eight float32 lanes, each
+ * a chain of fused multiply-adds over every eighth element; lanes folded
+ * (l, l+4), then ((0+2) + (1+3)); a remainder of 4–7 elements adds one
+ * 4-lane fused step before the fold, and the last 1–3 elements are fused
+ * into the folded sum one by one. `probeVectors` and `matchesPgvector` let a
+ * caller check, once per server, that the server computes exactly this; a
+ * set told the server's arithmetic is unknown (`arithmetic: null`) still
+ * never answers wrongly: it gives up (null) whenever the answer hangs on a
+ * difference smaller than `pgvectorError`.
+ */
+
+/** A way pgvector's compiled loop sums: how many float32 lanes, fused or not. */
+export interface PgvectorArithmetic {
+  readonly name: string;
+  /** Float32 lanes of the main loop (1: a plain sequential loop). */
+  readonly lanes: 1 | 8;
+  /** Whether each multiply-add rounds once (FMA) or twice. */
+  readonly fused: boolean;
+}
+
+/** x86-64, -march=native with AVX2 + FMA: the build on this project's machines and CI (checked by test/cache/hot/int8/pgvector-distance.test.ts). */
+export const PGVECTOR_AVX2_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx2-fma', lanes: 8, fused: true });
+/** A build without vectorization or FMA (OPTFLAGS="" on some compilers): one float32 chain per sum. */
+export const PGVECTOR_SEQUENTIAL: PgvectorArithmetic = Object.freeze({ name: 'sequential', lanes: 1, fused: false });
+
+export const KNOWN_ARITHMETIC: readonly PgvectorArithmetic[] = [PGVECTOR_AVX2_FMA, PGVECTOR_SEQUENTIAL];
+
+const fround = Math.fround;
+
+/**
+ * float32 fma(a, b, c): a·b + c rounded once. a·b of two float32 values is
+ * exact in double; the double sum s rounds, and rounding s again to float32
+ * is only wrong when s lands exactly on a float32 midpoint while the exact
+ * sum does not (then the exact sum's side of s decides). s is such a
+ * midpoint iff s + (s − r) is a float32 (r = fround(s)): otherwise that
+ * reflection lies strictly between two float32 neighbours.
+ */
+export function fmaF32(a: number, b: number, c: number): number {
+  const p = a * b;
+  const s = p + c;
+  const r = fround(s);
+  if (r === s) return r;
+  const t = s + (s - r);
+  if (fround(t) !== t) return r;
+  return midpoint(p, c, s, r, t); // (a true tie, exact in double, stays as fround rounded it: to even)
+}
+
+/** The float32 sum pgvector's loop computes for Σ a_i·b_i (a === b for a squared norm). */
+export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: PgvectorArithmetic = PGVECTOR_AVX2_FMA): number {
+  const n = a.length;
+  if (arithmetic.lanes === 1) {
+    let s = 0;
+    if (arithmetic.fused) for (let i = 0; i < n; i++) s = fmaF32(a[i]!, b[i]!, s);
+    else for (let i = 0; i < n; i++) s = fround(s + fround(a[i]! * b[i]!));
+    return s;
+  }
+  if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
+  // The fused 8-lane loop, fmaF32 written out so V8 keeps it in one tight loop (~4× faster than calls).
+  const lanes = laneScratch;
+  lanes.fill(0);
+  const n8 = n >= 8 ? n & ~7 : 0;
+  for (let i = 0; i < n8; i += 8) {
+    for (let l = 0; l < 8; l++) {
+      const p = a[i + l]! * b[i + l]!;
+      const c = lanes[l]!;
+      const s = p + c;
+      let r = fround(s);
+      if (r !== s) {
+        const t = s + (s - r);
+        if (fround(t) === t) r = midpoint(p, c, s, r, t);
+      }
+      lanes[l] = r;
+    }
+  }
+  let v0 = fround(lanes[0]! + lanes[4]!);
+  let v1 = fround(lanes[1]! + lanes[5]!);
+  let v2 = fround(lanes[2]! + lanes[6]!);
+  let v3 = fround(lanes[3]! + lanes[7]!);
+  let i = n8;
+  if (n - n8 >= 4) {
+    v0 = fmaF32(a[i]!, b[i]!, v0);
+    v1 = fmaF32(a[i + 1]!, b[i + 1]!, v1);
+    v2 = fmaF32(a[i + 2]!, b[i + 2]!, v2);
+    v3 = fmaF32(a[i + 3]!, b[i + 3]!, v3);
+    i += 4;
+  }
+  let s = fround(fround(v0 + v2) + fround(v1 + v3));
+  for (; i < n; i++) s = fmaF32(a[i]!, b[i]!, s);
+  return s;
+}
+
+const laneScratch = new Float64Array(8);
+
+/** fmaF32's rare branch: s = p + c (double) is a float32 midpoint between r and t; the exact sum's side of it decides. */
+function midpoint(p: number, c: number, s: number, r: number, t: number): number {
+  const cb = s - p;
+  const e = p - (s - cb) + (c - cb); // TwoSum: the rounding error of p + c, exactly
+  if (e === 0) return r;
+  return e > 0 ? Math.max(r, t) : Math.min(r, t);
+}
+
+/** The 8-lane shape with an unfused multiply-add. */
+function laneDot(a: Float32Array, b: Float32Array, fma: (x: number, y: number, z: number) => number): number {
+  const n = a.length;
+  let l0 = 0;
+  let l1 = 0;
+  let l2 = 0;
+  let l3 = 0;
+  let l4 = 0;
+  let l5 = 0;
+  let l6 = 0;
+  let l7 = 0;
+  const n8 = n >= 8 ? n & ~7 : 0;
+  for (let i = 0; i < n8; i += 8) {
+    l0 = fma(a[i]!, b[i]!, l0);
+    l1 = fma(a[i + 1]!, b[i + 1]!, l1);
+    l2 = fma(a[i + 2]!, b[i + 2]!, l2);
+    l3 = fma(a[i + 3]!, b[i + 3]!, l3);
+    l4 = fma(a[i + 4]!, b[i + 4]!, l4);
+    l5 = fma(a[i + 5]!, b[i + 5]!, l5);
+    l6 = fma(a[i + 6]!, b[i + 6]!, l6);
+    l7 = fma(a[i + 7]!, b[i + 7]!, l7);
+  }
+  let v0 = fround(l0 + l4);
+  let v1 = fround(l1 + l5);
+  let v2 = fround(l2 + l6);
+  let v3 = fround(l3 + l7);
+  let i = n8;
+  if (n - n8 >= 4) {
+    v0 = fma(a[i]!, b[i]!, v0);
+    v1 = fma(a[i + 1]!, b[i + 1]!, v1);
+    v2 = fma(a[i + 2]!, b[i + 2]!, v2);
+    v3 = fma(a[i + 3]!, b[i + 3]!, v3);
+    i += 4;
+  }
+  let s = fround(fround(v0 + v2) + fround(v1 + v3));
+  for (; i < n; i++) s = fma(a[i]!, b[i]!, s);
+  return s;
+}
+
+/**
+ * pgvector's `a <=> b` from its three float32 sums: `dot` = Σ a·b, `aa`,
+ * `bb` the squared norms, as `pgvectorDot` returns them. NaN where pgvector
+ * returns NaN (a zero norm).
+ */
+export function pgvectorDistanceFromSums(dot: number, aa: number, bb: number): number {
+  let similarity = dot / Math.sqrt(aa * bb); // aa·bb of two float32 is exact in double
+  if (similarity > 1) similarity = 1;
+  else if (similarity < -1) similarity = -1;
+  return 1 - similarity;
+}
+
+/** `a <=> b` as pgvector computes it. */
+export function pgvectorDistance(a: Float32Array, b: Float32Array, arithmetic: PgvectorArithmetic = PGVECTOR_AVX2_FMA): number {
+  return pgvectorDistanceFromSums(pgvectorDot(a, b, arithmetic), pgvectorDot(a, a, arithmetic), pgvectorDot(b, b, arithmetic));
+}
+
+/**
+ * A bound on |pgvector's similarity − the true cosine| for n dimensions, for
+ * any summation order of the float32 loop and any lane count (each term
+ * passes through at most n + 8 roundings; with k roundings of relative
+ * error u = 2⁻²⁴ a sum of products is within γ_k·Σ|a_i b_i| ≤ γ_k‖a‖‖b‖,
+ * and each squared norm within γ_k of itself, so the quotient is within
+ * γ_k(1 + |cos|) + γ_k² of the cosine; double rounding adds a few 2⁻⁵³).
+ * Gradual underflow adds an absolute error of at most 2⁻¹⁵⁰ per rounding,
+ * which for a searchable row (‖a‖ ≥ 2⁻⁶³, see searchableNorm) and a unit
+ * query is below (n + 8)·2⁻⁸⁷ relative: covered by the final term.
+ *
+ * The tighter bound for the 8-lane shape (each chain ⌈n/8⌉ + 5 roundings)
+ * is used when the arithmetic is known: `lanes` = 8.
+ */
+export function pgvectorError(n: number, lanes: 1 | 8 = 1): number {
+  const k = lanes === 8 ? Math.ceil(n / 8) + 8 : n + 8;
+  const u = 2 ** -24;
+  const gamma = (k * u) / (1 - k * u);
+  return 2 * gamma + 2 * gamma * gamma + 16 * 2 ** -53 + (n + 8) * 2 ** -80;
+}
+
+/**
+ * Vectors whose pgvector distances tell the known arithmetics apart (and
+ * any other from them): rows of mixed magnitudes, so every change of order
+ * or fusing changes the float32 sums. `matchesPgvector` compares the
+ * server's answers with an arithmetic.
+ */
+export function probeVectors(dimension: number): { rows: Float32Array[]; query: Float32Array } {
+  let s = 0x9e3779b9;
+  const next = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+  const rows = Array.from({ length: 16 }, (_, r) =>
+    Float32Array.from({ length: dimension }, (_, j) => (next() - 0.5) * 2 ** (((j * 7 + r) % 23) - 11)),
+  );
+  const query = Float32Array.from({ length: dimension }, () => next() - 0.5);
+  return { rows, query };
+}
+
+/** Whether distances pgvector returned for `probeVectors(dimension)` (row order, `row <=> query`) are exactly this arithmetic's. */
+export function matchesPgvector(dimension: number, distances: readonly number[], arithmetic: PgvectorArithmetic): boolean {
+  const { rows, query } = probeVectors(dimension);
+  return rows.length === distances.length && rows.every((row, i) => Object.is(pgvectorDistance(row, query, arithmetic), distances[i]));
+}

@@ -1,0 +1,133 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import {
+  fmaF32,
+  matchesPgvector,
+  PGVECTOR_AVX2_FMA,
+  PGVECTOR_SEQUENTIAL,
+  pgvectorDistance,
+  pgvectorError,
+  probeVectors,
+} from '../../../../src/cache/hot/int8/pgvector-distance.js';
+import { connect, createDatabase, type TestDb } from '../../../helpers/db.js';
+
+let db: TestDb;
+let sql: pg.Client;
+
+beforeAll(async () => {
+  db = await createDatabase('ms_hot_pgd');
+  sql = await connect(db.url);
+  await sql.query('CREATE EXTENSION IF NOT EXISTS vector');
+});
+
+afterAll(async () => {
+  await sql?.end();
+  await db?.drop();
+});
+
+function random(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}
+
+const literal = (v: Float32Array) => `[${Array.from(v).join(',')}]`;
+
+async function serverDistances(rows: Float32Array[], q: Float32Array): Promise<number[]> {
+  const r = await sql.query<{ d: number }>(
+    `SELECT (x::vector <=> $1::vector) AS d FROM unnest($2::text[]) WITH ORDINALITY AS t(x, o) ORDER BY o`,
+    [literal(q), rows.map(literal)],
+  );
+  return r.rows.map((x) => x.d);
+}
+
+/** Exact rational value of a double, as BigInt numerator over 2^1100. */
+function exact(x: number): bigint {
+  if (x === 0) return 0n;
+  const buf = new DataView(new ArrayBuffer(8));
+  buf.setFloat64(0, x);
+  const bits = buf.getBigUint64(0);
+  const sign = bits >> 63n ? -1n : 1n;
+  const e = Number((bits >> 52n) & 0x7ffn);
+  const m = bits & ((1n << 52n) - 1n);
+  const mant = e === 0 ? m : m | (1n << 52n);
+  const shift = (e === 0 ? 1 : e) - 1075 + 1100;
+  return sign * (mant << BigInt(shift));
+}
+
+describe('pgvector distance, reproduced', () => {
+  it('matches the server bit for bit at every dimension shape, on mixed, tiny and huge magnitudes', async () => {
+    const next = random(12345);
+    for (const dim of [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 100, 384, 767, 1536, 3072, 16000]) {
+      const rows = Array.from({ length: 12 }, (_, r) =>
+        Float32Array.from({ length: dim }, () => (next() - 0.5) * [1e-20, 1, 1e15][r % 3]! * (next() < 0.1 ? 1000 : 1)),
+      );
+      const q = Float32Array.from({ length: dim }, () => next() - 0.5);
+      const server = await serverDistances(rows, q);
+      rows.forEach((row, i) => expect(Object.is(pgvectorDistance(row, q, PGVECTOR_AVX2_FMA), server[i])).toBe(true));
+    }
+  });
+
+  it('tells the server’s arithmetic from others with the probe vectors', async () => {
+    for (const dim of [16, 384, 1536]) {
+      const { rows, query } = probeVectors(dim);
+      const server = await serverDistances(rows, query);
+      expect(matchesPgvector(dim, server, PGVECTOR_AVX2_FMA)).toBe(true);
+      expect(matchesPgvector(dim, server, PGVECTOR_SEQUENTIAL)).toBe(false);
+    }
+  });
+
+  it('rounds a fused multiply-add once, also where the double sum lands on a float32 midpoint', () => {
+    const next = random(99);
+    const check = (a: number, b: number, c: number) => {
+      const got = fmaF32(a, b, c);
+      const want = exact(a) * exact(b) / (1n << 1100n) + exact(c);
+      // got is the float32 nearest the exact value: no float32 neighbour is nearer.
+      const err = (x: number) => { const d = exact(x) - want; return d < 0n ? -d : d; };
+      const up = Math.fround(got + Math.abs(got) * 2 ** -23 + 2 ** -149);
+      const down = Math.fround(got - Math.abs(got) * 2 ** -23 - 2 ** -149);
+      expect(err(got) <= err(up) && err(got) <= err(down)).toBe(true);
+    };
+    for (let i = 0; i < 3000; i++) {
+      const a = Math.fround((next() - 0.5) * 2 ** Math.floor(next() * 40 - 20));
+      const b = Math.fround((next() - 0.5) * 2 ** Math.floor(next() * 40 - 20));
+      const c = Math.fround((next() - 0.5) * 2 ** Math.floor(next() * 40 - 20));
+      check(a, b, c);
+    }
+    // 641 · 6700417 = 2^32 + 1, so a·b = 2^-24 + 2^-56: 1 + a·b rounds in double to the float32 midpoint 1 + 2^-24, the exact sum is above it.
+    const a = 641 * 2 ** -28;
+    const b = 6700417 * 2 ** -28;
+    expect(Math.fround(a)).toBe(a);
+    expect(Math.fround(b)).toBe(b);
+    expect(fmaF32(a, b, 1)).toBe(Math.fround(1 + 2 ** -23));
+    expect(Math.fround(a * b + 1)).not.toBe(fmaF32(a, b, 1)); // what double-then-float rounding would give
+    check(a, b, 1);
+  });
+
+  it('bounds |pgvector − true cosine| by pgvectorError on the server’s own answers', async () => {
+    const next = random(4);
+    for (const dim of [16, 384, 1536, 16000]) {
+      const rows = Array.from({ length: 20 }, () => Float32Array.from({ length: dim }, () => next() - 0.5 + (next() < 0.5 ? 0.3 : 0)));
+      const q = Float32Array.from({ length: dim }, () => next() - 0.5 + 0.3);
+      const server = await serverDistances(rows, q);
+      let worst = 0;
+      rows.forEach((row, i) => {
+        let ab = 0;
+        let aa = 0;
+        let bb = 0;
+        for (let j = 0; j < dim; j++) {
+          ab += row[j]! * q[j]!;
+          aa += row[j]! * row[j]!;
+          bb += q[j]! * q[j]!;
+        }
+        worst = Math.max(worst, Math.abs(1 - server[i]! - ab / Math.sqrt(aa * bb)));
+      });
+      expect(worst).toBeLessThanOrEqual(pgvectorError(dim, 8));
+      expect(pgvectorError(dim, 8)).toBeLessThanOrEqual(pgvectorError(dim, 1));
+    }
+  });
+});
