@@ -25,8 +25,8 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { PartitionSet, type HotQuery } from '../src/cache/hot/partition-set.js';
-import { QuantizedRows } from '../src/cache/hot/quantized.js';
-import { SEARCHABLE_NORM_MAX, SEARCHABLE_NORM_MIN } from '../src/embedding.js';
+import { QuantizedRows } from './baselines/quantized-0.1.js';
+import { NORM_SQRT_MAX, NORM_SQRT_MIN } from '../src/embedding.js';
 import type { Figure } from './figure.js';
 
 export type HotSearchFigure = Omit<Figure, 'goal' | 'met'> & { goal?: string; met?: boolean };
@@ -302,7 +302,7 @@ async function exactSql(db: pg.Client, set: SetData, q: Float32Array, where: Hot
     await db.query('SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off');
     const r = await db.query<{ id: string }>(
       `SELECT id FROM ${set.table} WHERE partition = $2${filters}
-         AND vector_norm(embedding) BETWEEN ${SEARCHABLE_NORM_MIN} AND ${SEARCHABLE_NORM_MAX}
+         AND vector_norm(embedding) BETWEEN ${NORM_SQRT_MIN} AND ${NORM_SQRT_MAX}
        ORDER BY embedding <=> $1::vector, id LIMIT $3`,
       params,
     );

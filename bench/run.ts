@@ -17,7 +17,7 @@ import { createSidecarClient } from '../src/client/sidecar-client.js';
 import { searchMemories } from '../src/store/builtin.js';
 import { migrate } from '../src/migrations/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
-import { nativeKernelsFit } from '../src/cache/hot/quantized.js';
+import { nativeKernelsFit } from '../src/cache/hot/int8/kernel-fit.js';
 import { busLag } from './bus-lag.js';
 import { runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';

@@ -39,10 +39,21 @@ export function squaredNorm(v: ArrayLike<number>): number {
   return s;
 }
 
-/** True when cosine similarity against this vector is defined (see above). */
+/**
+ * The rule for a sum already taken by squaredNorm (one pass over a row
+ * instead of two). Compared as the norm, as SQL compares vector_norm(): a
+ * sum a hair above 2^126 whose square root rounds to 2^63 passes on both
+ * paths. (pgvector's vectorized double sum may round differently from this
+ * index-order one; that can only matter within a few parts in 2^53 of a bound.)
+ */
+export function searchableSquaredNorm(squared: number): boolean {
+  const norm = Math.sqrt(squared);
+  return norm >= NORM_SQRT_MIN && norm <= NORM_SQRT_MAX;
+}
+
+/** True when cosine similarity against this vector is defined (see above). Non-finite components fail it. */
 export function searchable(v: ArrayLike<number>): boolean {
-  const s = squaredNorm(v);
-  return s >= NORM_SQUARED_MIN && s <= NORM_SQUARED_MAX;
+  return searchableSquaredNorm(squaredNorm(v));
 }
 
 /**
@@ -67,13 +78,13 @@ export function parseEmbedding(value: unknown, dimension: number = EMBEDDING_DIM
   }
   const squared = squaredNorm(out);
   if (squared === 0) throw new ValidationError(field, 'must not be the zero vector (cosine is undefined)');
-  if (squared < NORM_SQUARED_MIN) {
+  if (Math.sqrt(squared) < NORM_SQRT_MIN) {
     throw new ValidationError(
       field,
       `is too small: its squared norm is ${squared}, below 2^-126, where pgvector's float32 arithmetic underflows and cosine similarity is wrong or undefined; scale the vector up`,
     );
   }
-  if (squared > NORM_SQUARED_MAX) {
+  if (Math.sqrt(squared) > NORM_SQRT_MAX) {
     throw new ValidationError(
       field,
       `is too large: its squared norm is ${squared}, above 2^126, where pgvector's float32 arithmetic overflows and cosine similarity is undefined; scale the vector down`,
@@ -100,44 +111,4 @@ export function normalizeInto(src: Float32Array, dst: Float32Array, offset = 0):
   const inverse = 1 / norm;
   for (let i = 0; i < src.length; i++) dst[offset + i] = src[i]! * inverse;
   return true;
-}
-
-/**
- * Bounds of a searchable vector's squared L2 norm, summed in float64 (each
- * float32 component squared exactly in double): [2^-126, 2^126]. Below,
- * pgvector's float32 sum of squares loses its precision and can underflow to
- * 0 (a tiny row would then be every query's top hit at similarity 1); above,
- * it can overflow. The SQL side applies the same rule as
- * `vector_norm(embedding) BETWEEN 2^-63 AND 2^63` (pgvector's vector_norm is
- * the square root of the same double sum, and sqrt is exact on these powers
- * of two). A row outside the range is stored, so updates and deletes reach
- * it, but never returned by a search, on either path.
- */
-export const SEARCHABLE_NORM_SQUARED_MIN = 2 ** -126;
-export const SEARCHABLE_NORM_SQUARED_MAX = 2 ** 126;
-/** `vector_norm` bounds of the same rule, for SQL: sqrt of the squared bounds. */
-export const SEARCHABLE_NORM_MIN = 2 ** -63;
-export const SEARCHABLE_NORM_MAX = 2 ** 63;
-
-/**
- * The one rule for undefined similarities, used by both search paths:
- * whether `v` can be ranked (see SEARCHABLE_NORM_SQUARED_MIN). Non-finite
- * components fail it. The float64 sum is taken in index order; pgvector's
- * vectorized double sum may round differently, which can only matter for a
- * sum within a few parts in 2^53 of a bound.
- */
-export function searchableNorm(v: Float32Array): boolean {
-  return searchableSquaredNorm(squaredNorm(v));
-}
-
-/** Σ v_i² in float64, in index order: the sum `searchableNorm` judges. */
-export function squaredNorm(v: Float32Array): number {
-  let squared = 0;
-  for (let i = 0; i < v.length; i++) squared += v[i]! * v[i]!;
-  return squared;
-}
-
-/** `searchableNorm` for a sum already taken by `squaredNorm` (one pass over a row instead of two). */
-export function searchableSquaredNorm(squared: number): boolean {
-  return squared >= SEARCHABLE_NORM_SQUARED_MIN && squared <= SEARCHABLE_NORM_SQUARED_MAX;
 }

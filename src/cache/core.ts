@@ -5,6 +5,7 @@ import type { CollectionShape, EntityShape, WatchShape } from '../contract/shape
 import type { ChangeSource, UpInfo } from '../sources/source.js';
 import { EntityCache, type EntityCacheStats } from './entities.js';
 import { HotSets, type HotHit, type HotQuery, type HotSetStats, type PartitionStore } from './hot/hot-sets.js';
+import type { PgvectorArithmetic } from './hot/int8/pgvector-distance.js';
 import { eventKeys, partitionKey } from './keys.js';
 
 /** What a change event did to the caches. */
@@ -58,6 +59,8 @@ export interface CollectionOptions {
   tooLargeTtlMs: number;
   canon?: readonly ('lower' | 'trimEnd' | undefined)[];
   idOrder: 'text' | 'numeric';
+  /** pgvector's arithmetic as probed on the server (hot-sets.ts); null: unknown. */
+  arithmetic: PgvectorArithmetic | null;
 }
 
 export interface CacheCoreOptions {

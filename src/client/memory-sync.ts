@@ -9,7 +9,9 @@ import { postgresDatabase, type Database, type Queryable } from '../backend/quer
 import { dnsFailure, dnsPermanentError, isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
 import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CollectionOptions, type CoreHooks, type EntityOptions } from '../cache/core.js';
 import type { PartitionStore } from '../cache/hot/hot-sets.js';
-import { nativeKernelsFit } from '../cache/hot/quantized.js';
+import { KNOWN_ARITHMETIC, matchesPgvector, probeVectors, type PgvectorArithmetic } from '../cache/hot/int8/pgvector-distance.js';
+import type { FilterCondition } from '../cache/hot/partition-set.js';
+import { nativeKernelsFit } from '../cache/hot/int8/kernel-fit.js';
 import { assertCaptureInstalled } from '../capture/install.js';
 import { assertPrivileges, runtimeNeeds } from '../capture/privileges.js';
 import { barrierChannel } from '../contract/change-event.js';
@@ -46,7 +48,7 @@ import { createBus } from '../sources/bus/create.js';
 import { PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
-import { CollectionStore, type CollectionQuery } from '../store/collections.js';
+import { CollectionStore, vectorLiteral, type CollectionQuery } from '../store/collections.js';
 import { EntityLoader } from '../store/entities.js';
 import { PersonalityStore } from '../store/personalities.js';
 import { lookupFrom, parseSearch, searchSchema } from '../validation/collection.js';
@@ -102,6 +104,8 @@ interface Schema {
   entities: Map<string, { shape: EntityShape; loader: EntityLoader }>;
   collections: Map<string, { shape: CollectionShape; store: CollectionStore; schema: ReturnType<typeof searchSchema> }>;
   personalities: PersonalityStore | undefined;
+  /** How the server's pgvector sums `<=>`, per dimension (probed once at start). */
+  arithmetic: Map<number, PgvectorArithmetic | null>;
 }
 
 /**
@@ -270,6 +274,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     }
     const resolved = await this.checkSchema(binding);
     this.bound = this.buildSchema(binding, resolved, builtin);
+    for (const d of new Set([...resolved.collections.values()].map((c) => c.dimension))) this.bound.arithmetic.set(d, await this.probeArithmetic(d));
     this._core = this.buildCore(this.bound);
     this._source = await this.buildSource(binding);
     this._core.connect(this._source);
@@ -325,7 +330,25 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       collections.set(c.name, { shape, store: new CollectionStore(binding, c, r), schema: searchSchema(shape) });
     }
     const personalities = builtin ? new PersonalityStore(binding, entities.get(BUILTIN.personality)!.loader) : undefined;
-    return { binding, resolved, entities, collections, personalities };
+    return { binding, resolved, entities, collections, personalities, arithmetic: new Map() };
+  }
+
+  /**
+   * Which float32 summation the server's pgvector uses for `<=>` (it depends
+   * on how it was compiled and the CPU): a few probe vectors whose distances
+   * tell the known orders apart, asked once. Unknown is fine: the hot sets
+   * then answer only when rounding cannot matter.
+   */
+  private async probeArithmetic(dimension: number): Promise<PgvectorArithmetic | null> {
+    const { rows, query } = probeVectors(dimension);
+    const r = await withRetry(
+      () => this.db().query<{ d: number }>(`SELECT (r::vector <=> $1::vector) AS d FROM unnest($2::text[]) WITH ORDINALITY AS u(r, i) ORDER BY i`, [vectorLiteral(query), rows.map(vectorLiteral)]),
+      this.retry,
+    );
+    const distances = r.rows.map((x) => Number(x.d));
+    const found = KNOWN_ARITHMETIC.find((a) => matchesPgvector(dimension, distances, a)) ?? null;
+    this.logger.debug({ dimension, arithmetic: found?.name ?? 'unknown' }, "pgvector's <=> arithmetic");
+    return found;
   }
 
   private buildCore(s: Schema): CacheCore {
@@ -349,6 +372,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
         ...o.hotSets,
         canon: shape.partitionBy.map((f) => f.canon),
         idOrder: key.type === 'Int' || key.type === 'BigInt' ? 'numeric' : 'text',
+        arithmetic: s.arithmetic.get(shape.dimension) ?? null,
       };
     });
     const core = new CacheCore({ logger: this.logger, entities, collections, watched: watchShape(s.binding, s.resolved.facts), hooks: this.hooks });
@@ -506,7 +530,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     const query: CollectionQuery = {
       partition: q.partition,
       where: q.where.map((w) => ({ field: w.field, condition: w.condition as CollectionQuery['where'][number]['condition'] })),
-      embedding: q.embedding,
+      // The same float32 query the hot set scores: both paths then round alike.
+      embedding: unit,
       limit: q.limit,
       minSimilarity: q.minSimilarity,
     };
@@ -532,7 +557,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
         : await this.db().transaction((tx) => local(tx, ['ivfflat.iterative_scan = relaxed_order', 'hnsw.iterative_scan = relaxed_order', `ivfflat.probes = ${this.options.ivfflatProbes}`]));
     if (hits.length >= q.limit) return hits;
     this.pgvectorShortAnswers++;
-    return this.db().transaction((tx) => local(tx, ['enable_indexscan = off', 'enable_bitmapscan = off']));
+    return store.search(this.db(), q, true);
   }
 
   /** Inserts a row into a collection (`data` in Prisma field names); idempotent by id. Returns the id. */
@@ -688,8 +713,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
 
 
 /** A validated condition as the hot set compares it (Boolean as 1/0; DateTime already epoch ms). */
-function hotCondition(f: CollectionShape['filters'][number], c: unknown): import('../cache/hot/scan-set.js').FilterCondition {
-  if (f.type !== 'Boolean') return c as import('../cache/hot/scan-set.js').FilterCondition;
+function hotCondition(f: CollectionShape['filters'][number], c: unknown): FilterCondition {
+  if (f.type !== 'Boolean') return c as FilterCondition;
   const b = (v: unknown) => (v === true ? 1 : v === false ? 0 : (v as number));
   const x = c as { eq?: unknown; in?: unknown[]; notIn?: unknown[] };
   if ('eq' in x) return { eq: x.eq === null ? null : b(x.eq) };

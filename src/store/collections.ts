@@ -52,6 +52,8 @@ export interface CollectionRow {
   embedding: Float32Array;
 }
 
+/** Rows the index order hands over beyond the limit, so rows tied at the k-th distance are ordered by id too. */
+const TIE_MARGIN = 16;
 const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 const ROWS_PER_YIELD = 256;
 /**
@@ -132,8 +134,14 @@ export class CollectionStore {
     this.countSql = `SELECT count(*)::int AS n FROM (SELECT 1 FROM ${this.tableSql} t WHERE ${part} AND ${this.fixed} LIMIT $${collection.partition.length + 1}) s`;
   }
 
-  /** The pgvector statement for a search (exposed for tests and EXPLAIN). */
-  searchStatement(q: CollectionQuery): Built {
+  /**
+   * The pgvector statement for a search (exposed for tests and EXPLAIN).
+   * Ordered as the hot path orders: distance, then id (code-point order for
+   * text ids). The inner query takes the index's order with a margin, so
+   * rows tied at the k-th distance are still ordered by id; `exact` scores
+   * every row the predicate passes (no vector index).
+   */
+  searchStatement(q: CollectionQuery, exact = false): Built {
     const values: unknown[] = [vectorLiteral(q.embedding)];
     const param = (v: unknown) => {
       values.push(v);
@@ -149,23 +157,29 @@ export class CollectionStore {
       const f = this.collection.filters.find((x) => x.name === w.field)!;
       where.push(filterSql(col('t', f), f, w.condition, (v) => param(paramValue(f, v))));
     }
-    if (q.minSimilarity !== undefined) where.push(`(${this.vector} <=> $1::vector) <= ${param(1 - q.minSimilarity)}`);
+    // As the hot path decides it: similarity (1 - distance) at least the threshold.
+    if (q.minSimilarity !== undefined) where.push(`1 - (${this.vector} <=> $1::vector) >= ${param(q.minSimilarity)}`);
     const select = this.collection.select.map((f, i) => `${textOf(col('t', f), f)} AS s${i}`);
-    const text = `WITH hits AS MATERIALIZED (
-       SELECT ${col('t', this.collection.key)}::text AS id, ${this.idOrder} AS ord, ${this.vector} <=> $1::vector AS distance${select.length ? `, ${select.join(', ')}` : ''}
+    const columns = `${col('t', this.collection.key)}::text AS id, ${this.idOrder} AS ord, ${this.vector} <=> $1::vector AS distance${select.length ? `, ${select.join(', ')}` : ''}`;
+    const limit = param(q.limit);
+    const text = exact
+      ? // `+ 0`: an expression no vector index matches, so no index scan can stop short; a btree still serves the partition.
+        `SELECT ${columns} FROM ${this.tableSql} t WHERE ${where.join(' AND ')} ORDER BY (${this.vector} <=> $1::vector) + 0, ord LIMIT ${limit}`
+      : `WITH hits AS MATERIALIZED (
+       SELECT ${columns}
        FROM ${this.tableSql} t WHERE ${where.join(' AND ')}
-       ORDER BY ${this.vector} <=> $1::vector LIMIT ${param(q.limit)})
-     SELECT * FROM hits ORDER BY distance, ord`;
+       ORDER BY ${this.vector} <=> $1::vector LIMIT ${limit}::int + ${TIE_MARGIN})
+     SELECT * FROM hits ORDER BY distance, ord LIMIT ${limit}`;
     return { text, values };
   }
 
-  /** pgvector's answer, ordered by similarity then id. */
-  async search(db: Queryable, q: CollectionQuery): Promise<CollectionHit[]> {
-    const { text, values } = this.searchStatement(q);
+  /** pgvector's answer, ordered by similarity then id; `exact`: without an index (see searchStatement). */
+  async search(db: Queryable, q: CollectionQuery, exact = false): Promise<CollectionHit[]> {
+    const { text, values } = this.searchStatement(q, exact);
     const r = await db.query<Record<string, string | null> & { id: string; distance: number }>(text, values);
     return r.rows.map((row) => ({
       id: row.id,
-      similarity: Math.max(-1, Math.min(1, 1 - Number(row.distance))),
+      similarity: 1 - Number(row.distance), // pgvector's distance is already clamped to [0, 2]
       values: this.collection.select.map((f, i) => decodeField(f, row[`s${i}`] ?? null)),
     }));
   }

@@ -145,7 +145,7 @@ function setup(options: { resumable?: boolean; maxEvictions?: number; hold?: () 
         },
       },
     ],
-    collections: [{ shape: memoriesShape, store, maxBytes: 64 * 1024 * 1024, maxVectorsPerSet: 1000, tooLargeTtlMs: 60_000, idOrder: 'text' }],
+    collections: [{ shape: memoriesShape, store, maxBytes: 64 * 1024 * 1024, maxVectorsPerSet: 1000, tooLargeTtlMs: 60_000, idOrder: 'text', arithmetic: null }],
   });
   const source = new TestSource(options.resumable ?? false);
   core.connect(source);

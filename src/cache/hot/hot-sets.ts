@@ -4,7 +4,8 @@ import type { Logger } from 'pino';
 import type { CollectionShape, FieldShape } from '../../contract/shape.js';
 import type { CollectionRow } from '../../store/collections.js';
 import { partitionKey } from '../keys.js';
-import { ScanSet as PartitionSet, type FilterValue, type HotHit, type HotQuery, type HotRow } from './scan-set.js';
+import type { PgvectorArithmetic } from './int8/pgvector-distance.js';
+import { PartitionSet, type FilterValue, type HotHit, type HotQuery, type HotRow } from './partition-set.js';
 
 export type { HotHit, HotQuery };
 
@@ -35,6 +36,13 @@ export interface HotSetsOptions {
   canon?: readonly ('lower' | 'trimEnd' | undefined)[];
   /** How a collection's id sorts ties: numeric for Int/BigInt ids. */
   idOrder: 'text' | 'numeric';
+  /**
+   * How the server's pgvector sums `<=>` (probed at start): the sets score
+   * the rows that decide an answer in the same arithmetic, so their answers
+   * equal pgvector's to the bit. null: unknown, and a set answers only when
+   * no rounding could change the answer (else pgvector does).
+   */
+  arithmetic: PgvectorArithmetic | null;
   /** Test hook: runs after a load has read the database, before it publishes. */
   beforePublish?: (partition: string) => Promise<void> | void;
 }
@@ -380,10 +388,10 @@ export class HotSets extends EventEmitter<{
     let tooLarge = false;
     // Counting first sizes the set once, instead of doubling it.
     const n = await this.options.store.count(partition, max + 1);
-    let set = new PartitionSet(this.spec(), 1, { loading: true });
+    let set = new PartitionSet(this.spec(), 1, { loading: true, arithmetic: this.options.arithmetic });
     if (n > max) tooLarge = true;
     else {
-      set = new PartitionSet(this.spec(), n, { loading: true });
+      set = new PartitionSet(this.spec(), n, { loading: true, arithmetic: this.options.arithmetic });
       await this.options.store.stream(
         partition,
         max + 1,

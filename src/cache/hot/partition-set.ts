@@ -95,7 +95,7 @@ export function compareNumericIds(a: string, b: string): number {
  * Layers: this set's `search` selects the rows a `where` passes (filters.ts),
  * the kernel's `topK` (int8/top-k.ts) proves the top-k from int8 codes and
  * rescoring, and the native `scan` (usearch) reads the codes. Rows whose
- * stored vector fails the norm rule (`searchableNorm`) are kept, so writes and
+ * stored vector fails the norm rule (`searchable`) are kept, so writes and
  * deletes find them, and never returned.
  */
 export class PartitionSet {

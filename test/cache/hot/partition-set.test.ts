@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { PartitionSet, type HotHit, type HotQuery, type HotRow, type PartitionSetSpec } from '../../../src/cache/hot/partition-set.js';
 import { PGVECTOR_SEQUENTIAL } from '../../../src/cache/hot/int8/pgvector-distance.js';
-import { searchableNorm, SEARCHABLE_NORM_MAX, SEARCHABLE_NORM_MIN } from '../../../src/embedding.js';
+import { searchable, NORM_SQRT_MAX, NORM_SQRT_MIN } from '../../../src/embedding.js';
 import { connect, createDatabase, type TestDb } from '../../helpers/db.js';
 
 /**
@@ -140,7 +140,7 @@ async function exact(t: Table, q: HotQuery): Promise<{ id: string; similarity: n
   const min = q.minSimilarity === undefined ? '' : `AND 1 - (embedding <=> $1::vector) >= $${params.push(q.minSimilarity)}::float8`;
   const r = await sql.query<{ id: string; similarity: number }>(
     `SELECT id::text AS id, 1 - (embedding <=> $1::vector) AS similarity FROM ${t.name}
-     WHERE ${where} AND vector_norm(embedding) BETWEEN ${SEARCHABLE_NORM_MIN} AND ${SEARCHABLE_NORM_MAX} ${min}
+     WHERE ${where} AND vector_norm(embedding) BETWEEN ${NORM_SQRT_MIN} AND ${NORM_SQRT_MAX} ${min}
      ORDER BY embedding <=> $1::vector, ${t.name}.id${t.spec.idOrder === 'text' ? ' COLLATE "C"' : ''} LIMIT $2`,
     params,
   );
@@ -321,7 +321,7 @@ describe('PartitionSet against pgvector', () => {
       ['small-ok', scaled(q, 2 ** -50), true],
       ['large-ok', scaled(dir(), 2 ** 55), true],
     ];
-    for (const [, v, ok] of special) expect(searchableNorm(v)).toBe(ok);
+    for (const [, v, ok] of special) expect(searchable(v)).toBe(ok);
     const rows: HotRow[] = special.map(([id, v]) => ({ id, embedding: v, filters: [], values: [] }));
     for (let i = 0; i < 200; i++) rows.push({ id: `n${i}`, embedding: dir(), filters: [], values: [] });
     await upsert(t, rows);

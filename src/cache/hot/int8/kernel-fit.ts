@@ -1,4 +1,8 @@
-import { exactSearch, MetricKind } from 'usearch';
+import { createRequire } from 'node:module';
+
+// Loaded as CommonJS: usearch's ES build finds its native binary from a global `__dirname`,
+// which Prisma's generated client sets (to its own folder) when it is imported first.
+const { exactSearch, MetricKind } = createRequire(import.meta.url)('usearch') as typeof import('usearch');
 
 /**
  * Kernel fitness and error bounds: what usearch's native `ip` distances

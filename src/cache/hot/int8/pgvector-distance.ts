@@ -179,7 +179,7 @@ export function pgvectorDistance(a: Float32Array, b: Float32Array, arithmetic: P
  * and each squared norm within γ_k of itself, so the quotient is within
  * γ_k(1 + |cos|) + γ_k² of the cosine; double rounding adds a few 2⁻⁵³).
  * Gradual underflow adds an absolute error of at most 2⁻¹⁵⁰ per rounding,
- * which for a searchable row (‖a‖ ≥ 2⁻⁶³, see searchableNorm) and a unit
+ * which for a searchable row (‖a‖ ≥ 2⁻⁶³, see searchable) and a unit
  * query is below (n + 8)·2⁻⁸⁷ relative: covered by the final term.
  *
  * The tighter bound for the 8-lane shape (each chain ⌈n/8⌉ + 5 roundings)

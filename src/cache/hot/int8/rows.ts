@@ -10,7 +10,7 @@ import { newScales, pickFloor, quantizeRow, setScales, type RowCode, type Scales
  * moves the last row into the hole (`swapRemove`), and `build` may reorder
  * every row (`order`). The caller mirrors both moves in its own columns.
  *
- * A row that fails `searchableNorm` is stored but marked not live, with
+ * A row that fails `searchable` is stored but marked not live, with
  * zeroed codes: it is never scored, so it can never be returned. A row
  * written after the last build and clamped hard by its scales, or written
  * before any build, is an "exception": always scored, so it never loosens
@@ -36,7 +36,7 @@ export interface RowState {
   norms: Float64Array;
   /** pgvector's float32 Σx² for the row, NaN until first needed. */
   pgNorms: Float32Array;
-  /** 1: searchable (see searchableNorm). */
+  /** 1: searchable (see searchable). */
   live: Uint8Array;
   built: boolean;
   scales: Scales;

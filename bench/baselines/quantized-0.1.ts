@@ -1,3 +1,4 @@
+// The 0.1 hot-search kernel (src/cache/hot/quantized.ts until 0.2), kept only as the bench's baseline for "no slower than the previous full scan".
 import { createRequire } from 'node:module';
 
 // Loaded as CommonJS: usearch's ES build finds its native binary from a global `__dirname`,
