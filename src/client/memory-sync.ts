@@ -30,6 +30,8 @@ import { createBus } from '../sources/bus/create.js';
 import { parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
 import { BARRIER_CHANNEL, PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
+import { createReplicationSource } from '../sources/replication/create.js';
+import { DEFAULT_MESSAGE_PREFIX, EMIT_BARRIER_SQL, ReplicationSource, type ReplicationStats } from '../sources/replication/source.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
 import { validateId, validateSearch, validateStore, type SearchInput, type StoreInput } from '../validation/memory.js';
 import { validatePersonalityInput, type PersonalityInput } from '../validation/personality.js';
@@ -146,6 +148,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
       const listenUrl = o.listener.databaseUrl ?? o.databaseUrl ?? poolUrl(this._pool);
       if (o.bus.url) this.busConfig = parseBusUrl(o.bus.url, 'options.bus.url'); // fails here, not at start()
       else if (!listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
+      else if (o.source === 'replication') this._source = createReplicationSource({ databaseUrl: listenUrl, logger: this.logger, replication: o.replication, listener: o.listener });
       else this._source = new PgListenSource({
         databaseUrl: listenUrl,
         logger: this.logger,
@@ -154,6 +157,7 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs },
       });
     } else {
+      if (o.source === 'replication') throw new ConfigError('options.source', '"replication" needs a PostgreSQL server (databaseUrl or pool); the embedded database keeps its in-process source');
       this.backend = 'embedded';
       this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
@@ -194,6 +198,11 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
   /** A bus source's counters (fleet mode), else undefined. */
   get busStats(): BusSourceStats | undefined {
     return this._source instanceof BusSource ? this._source.stats : undefined;
+  }
+
+  /** The replication source's figures (source "replication"), else undefined. */
+  get replicationStats(): ReplicationStats | undefined {
+    return this._source instanceof ReplicationSource ? this._source.stats : undefined;
   }
 
   /** The change source's state without throwing: "idle" before start(). */
@@ -240,7 +249,10 @@ export class MemorySync extends EventEmitter<MemorySyncEvents> implements Memory
         bus: await createBus(this.busConfig, { backoff: { minMs: this.options.listener.retryMinMs, maxMs: this.options.listener.retryMaxMs } }),
         logger: this.logger,
         // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit.
-        notify: (token) => pool.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]),
+        notify: (token) =>
+          this.options.source === 'replication'
+            ? pool.query(EMIT_BARRIER_SQL, [DEFAULT_MESSAGE_PREFIX, token]) // the relays read a slot: a logical message
+            : pool.query('SELECT pg_notify($1, $2)', [BARRIER_CHANNEL, token]),
       });
       this.core.connect(this._source);
     }

@@ -1,8 +1,10 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { CAPTURE_NAME, type CaptureTable } from '../capture/replication.js';
 import { ConfigError } from '../contract/errors.js';
 import { postgresUrl, timerMs } from '../contract/primitives.js';
+import type { EventMapper } from '../sources/replication/types.js';
 
 /** Every default in one place; each is explained on its option below. */
 export const DEFAULTS = {
@@ -15,6 +17,8 @@ export const DEFAULTS = {
   retry: { retries: 5, minTimeoutMs: 50, maxTimeoutMs: 2_000 },
   summaryIntervalMs: 60_000,
   embedded: { dataDir: './.memory-sync', inMemory: false },
+  source: 'listen',
+  replication: { slot: 'memory_sync', publication: 'memory_sync', maxRetainedWalBytes: 1024 ** 3, statusIntervalMs: 1_000 },
 } as const;
 
 /** Options of createMemorySync(). Every field is optional. */
@@ -147,6 +151,45 @@ export interface MemorySyncOptions {
      */
     url?: string | undefined;
   };
+  /**
+   * How changes are captured on PostgreSQL: `listen`, the triggers' NOTIFY;
+   * `replication`, a logical replication slot (docs/replication.md): writers
+   * pay no NOTIFY, and a restart resumes from the slot without a flush.
+   * Needs wal_level = logical. With `bus`, it tells how sync() barriers
+   * enter the stream (the relays' mode).
+   * @defaultValue process.env.MEMORY_SYNC_SOURCE, else "listen" — works on every PostgreSQL.
+   */
+  source?: 'listen' | 'replication';
+  /** The replication source (`source: 'replication'`). */
+  replication?: {
+    /**
+     * Logical replication slot. One reader per slot: give each in-process
+     * host its own; the relays of one bus share one (one reads, the others wait).
+     * @defaultValue "memory_sync"
+     */
+    slot?: string;
+    /** @defaultValue "memory_sync" */
+    publication?: string;
+    /**
+     * WAL the slot may keep on the server. Past it memory-sync drops its own
+     * slot, logs an error and flushes, rather than fill the server's disk.
+     * Set max_slot_wal_keep_size on the server as well (docs/replication.md).
+     * @defaultValue 1073741824 (1 GiB)
+     */
+    maxRetainedWalBytes?: number;
+    /**
+     * How often the applied position is confirmed and the slot's lag read.
+     * @defaultValue 1000
+     */
+    statusIntervalMs?: number;
+    /**
+     * Tables in the publication, with their column lists and replica identity.
+     * @defaultValue memory-sync's own tables, keys only (MEMORY_SYNC_CAPTURE_TABLES)
+     */
+    tables?: CaptureTable[];
+    /** Turns committed transactions into change events: the schema binding's (issue 15). Required until that lands. */
+    mapper?: EventMapper;
+  };
   /** pino logger; defaults to a silent one. */
   logger?: Logger | undefined;
 }
@@ -192,6 +235,17 @@ export const optionsSchema = z.object({
     .prefault({}),
   summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
   bus: z.object({ url: z.string().min(1).optional() }).prefault({}),
+  source: z.enum(['listen', 'replication']).default(D.source),
+  replication: z
+    .object({
+      slot: z.string().regex(CAPTURE_NAME, 'must be 1 to 63 lower-case letters, digits or _').default(D.replication.slot),
+      publication: z.string().regex(CAPTURE_NAME, 'must be 1 to 63 lower-case letters, digits or _').default(D.replication.publication),
+      maxRetainedWalBytes: positive.min(1024 * 1024).default(D.replication.maxRetainedWalBytes),
+      statusIntervalMs: timerMs(10).default(D.replication.statusIntervalMs),
+      tables: z.array(z.custom<CaptureTable>((t) => typeof t === 'object' && t !== null && typeof (t as CaptureTable).name === 'string', 'must be { name, columns?, replicaIdentity? }')).min(1).optional(),
+      mapper: z.custom<EventMapper>((f) => typeof f === 'function', 'must be a function (tx) => ChangeEvent[]').optional(),
+    })
+    .prefault({}),
   embedded: z
     .object({
       dataDir: z.string().min(1).default(D.embedded.dataDir),
@@ -208,7 +262,8 @@ export function resolveOptions(options: MemorySyncOptions, env: Record<string, s
   delete (rest as { hooks?: unknown }).hooks;
   const embedded = { ...rest.embedded, dataDir: rest.embedded?.dataDir ?? (env.MEMORY_SYNC_DATA_DIR || undefined) };
   const bus = { url: rest.bus?.url ?? (env.MEMORY_SYNC_BUS_URL || undefined) };
-  const input = { ...rest, embedded, bus, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
+  const source = rest.source ?? (env.MEMORY_SYNC_SOURCE || undefined);
+  const input = { ...rest, embedded, bus, source, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
   const result = optionsSchema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0]!;
