@@ -5,7 +5,9 @@ import { createLogger } from '../sidecar/logger.js';
 import { createBus } from '../sources/bus/create.js';
 import { parseBusUrl } from '../sources/bus/bus.js';
 import { PgListenSource } from '../sources/pg-listen.js';
-import { runRelay } from './relay.js';
+import { createReplicationSource } from '../sources/replication/create.js';
+import type { ChangeSource } from '../sources/source.js';
+import { pgCoverage, runRelay, type RelayCoverage } from './relay.js';
 
 const SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 /** Period of the relay's stats line. */
@@ -13,9 +15,12 @@ const SUMMARY_INTERVAL_MS = 60_000;
 
 /**
  * `memory-sync relay`: LISTEN on DATABASE_URL (or MEMORY_SYNC_LISTEN_URL, a
- * direct connection) and publish every change and barrier to
- * MEMORY_SYNC_BUS_URL until SIGTERM. Run two for availability: the bus keeps
- * one copy of each message. Configured by the same variables as `start`.
+ * direct connection), or with MEMORY_SYNC_SOURCE=replication read the
+ * replication slot, and publish every change and barrier to
+ * MEMORY_SYNC_BUS_URL until SIGTERM. Run two for availability: LISTEN relays
+ * both publish and the bus keeps one copy of each message; replication
+ * relays share the slot, one reads and the other waits to take over.
+ * Configured by the same variables as `start`.
  */
 export async function runRelayCommand(env: Env = process.env, logger?: Logger): Promise<void> {
   const config = loadConfig(env);
@@ -26,20 +31,22 @@ export async function runRelayCommand(env: Env = process.env, logger?: Logger): 
 
   const L = config.engine.listener;
   const backoff = { minMs: L.retryMinMs, maxMs: L.retryMaxMs };
-  const source = new PgListenSource({
-    databaseUrl: L.databaseUrl ?? config.databaseUrl,
-    logger: log.child({ component: 'listen' }),
-    paranoidIntervalMs: L.paranoidIntervalMs,
-    queryTimeoutMs: L.queryTimeoutMs,
-    backoff,
-  });
+  const databaseUrl = L.databaseUrl ?? config.databaseUrl;
+  let source: ChangeSource;
+  let coverage: (RelayCoverage & { close(): Promise<void> }) | undefined;
+  if (config.engine.source === 'replication') {
+    source = createReplicationSource({ databaseUrl, logger: log, replication: config.engine.replication, listener: L, confirm: 'manual' });
+  } else {
+    source = new PgListenSource({ databaseUrl, logger: log.child({ component: 'listen' }), paranoidIntervalMs: L.paranoidIntervalMs, queryTimeoutMs: L.queryTimeoutMs, backoff });
+    coverage = pgCoverage(databaseUrl); // a restart covered by another relay publishes no gap
+  }
   const publisher = await createBus(bus, { backoff });
   let stop: (signal: string) => void = () => {};
   const stopped = new Promise<string>((resolve) => (stop = resolve));
   const onSignal = (signal: NodeJS.Signals) => stop(signal);
   for (const s of SIGNALS) process.on(s, onSignal);
   try {
-    const relay = await Promise.race([runRelay({ source, publisher, logger: log }), stopped.then(() => undefined)]);
+    const relay = await Promise.race([runRelay({ source, publisher, logger: log, coverage }), stopped.then(() => undefined)]);
     if (!relay) {
       await source.close();
       await publisher.close();
@@ -54,5 +61,6 @@ export async function runRelayCommand(env: Env = process.env, logger?: Logger): 
     log.info({ stats: relay.stats }, 'relay stopped');
   } finally {
     for (const s of SIGNALS) process.off(s, onSignal);
+    await coverage?.close().catch(() => {});
   }
 }

@@ -199,8 +199,11 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
   private lastHeard = 0;
   /** The server process that served this source's last stream (pg_replication_slots.active_pid). */
   private ownWalsender: number | null = null;
+  /** True once a stream of this process started: only then is the slot's position its own. */
+  private streamed = false;
   private readonly _stats: Omit<ReplicationStats, 'confirmedLsn'>;
   private handTo: ((tx: HandedTransaction) => void) | undefined;
+  private paused: { resolve: () => void; promise: Promise<void> } | undefined;
 
   constructor(options: ReplicationSourceOptions) {
     super();
@@ -258,6 +261,34 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
     return this.o.messagePrefix;
   }
 
+  get confirmMode(): 'emitted' | 'manual' {
+    return this.o.confirm;
+  }
+
+  /**
+   * Stops reading (backpressure: a relay whose bus is away): the stream
+   * closes, the server keeps the WAL, the source reports `down`. resume()
+   * reads on from the confirmed position, with no loss.
+   */
+  pause(reason = 'paused by its consumer'): void {
+    if (this.paused || this._state === 'closed') return;
+    let resolve: () => void = () => {};
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.paused = { resolve, promise };
+    this.logger.info({ slot: this.o.slot, reason }, 'replication paused');
+    this.endSession?.(reason);
+  }
+
+  resume(): void {
+    const p = this.paused;
+    this.paused = undefined;
+    p?.resolve();
+  }
+
+  get isPaused(): boolean {
+    return this.paused !== undefined;
+  }
+
   get stats(): ReplicationStats {
     const safe = this.tracker?.safe;
     return { ...this._stats, confirmedLsn: safe === undefined ? null : formatLsn(safe) };
@@ -275,11 +306,21 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
   async close(): Promise<void> {
     if (this._state === 'closed') return;
     this._state = 'closed';
+    // What was applied need not be replayed next time: the last status goes out before the FIN.
+    const socket = this.socket;
+    if (socket && this.sendStatus(false)) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 500);
+        socket.end(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
     this.stop.abort();
     this.barriers.rejectAll(new DatabaseUnavailableError('change source closed'));
     this.started?.resolve();
     this.started = undefined;
-    this.sendStatus(false); // what was applied need not be replayed next time
     this.endSession?.('closed');
     await this.loop;
     await this.pool?.end().catch(() => {});
@@ -320,6 +361,11 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
   private async run(): Promise<void> {
     let attempt = 0;
     while (!this.stop.signal.aborted) {
+      if (this.paused) {
+        const aborted = new Promise<void>((r) => this.stop.signal.addEventListener('abort', () => r(), { once: true }));
+        await Promise.race([this.paused.promise, aborted]);
+        continue;
+      }
       let ended: Promise<string>;
       try {
         ({ ended } = await this.open());
@@ -355,6 +401,7 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
       this.markDown(reason);
       if (this.dropForBound) await this.dropOwnSlot();
       if (this.stop.signal.aborted) break;
+      if (this.paused) continue;
       this.logger.warn({ slot: this.o.slot, reason, confirmed: this.stats.confirmedLsn }, 'replication stream lost; resuming from the slot');
       await sleepUnlessAborted(backoffDelay(1, this.o.backoff), this.stop.signal);
     }
@@ -410,7 +457,8 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
       await this.dropOwnSlot();
       lost = this.pendingLost;
       status = null;
-    } else if (status?.confirmedFlushLsn && this.tracker && parseLsn(status.confirmedFlushLsn) > this.tracker.safe) {
+    } else if (this.o.confirm === 'emitted' && this.streamed && status?.confirmedFlushLsn && this.tracker && parseLsn(status.confirmedFlushLsn) > this.tracker.safe) {
+      // (Relays share their slot: there another relay moving it on is how takeover works.)
       lost = `replication slot ${this.o.slot} moved past what this process applied (${formatLsn(this.tracker.safe)} < ${status.confirmedFlushLsn}): recreated or read by another process`;
     }
     if (!status) {
@@ -437,7 +485,10 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
       if (done) return;
       done = true;
       for (const t of timers) clearInterval(t);
-      this.socket?.destroy();
+      // A socket already ending (close() sent its last status) flushes that first.
+      const socket = this.socket;
+      if (socket && !socket.writableEnded) socket.destroy();
+      else if (socket) setTimeout(() => socket.destroy(), 1_000).unref();
       settle(reason);
     };
     this.assembler.reset();
@@ -486,6 +537,7 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
       throw permanent ?? first;
     }
     this.lastHeard = Date.now();
+    this.streamed = true;
     this.logger.debug({ slot: this.o.slot, from: startAt }, 'replication stream started');
 
     // Caught up once a marker sent now comes back: every commit before it has been handed out.
@@ -552,7 +604,7 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
     this.session++;
     this.endSession = undefined;
     this.upMarker = undefined;
-    this.socket?.destroy();
+    if (!this.socket?.writableEnded) this.socket?.destroy();
     this.socket = undefined;
     const service = this.service;
     this.service = undefined;
