@@ -193,6 +193,13 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
   let idleWaiters: Array<() => void> = [];
   let busy = false;
   let closing = false;
+  /** A start-up probe is out: drained() waits for its verdict too. */
+  let probing = false;
+  const settleIdle = () => {
+    if (busy || queue.length > 0 || probing) return;
+    for (const w of idleWaiters) w();
+    idleWaiters = [];
+  };
   const stats: RelayStats = { published: 0, duplicates: 0, gaps: 0, coveredStarts: 0, confirmed: 0, pauses: 0, publishFailures: 0, queued: 0, lastPublishError: null };
 
   const push = (item: Item) => {
@@ -233,16 +240,19 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
     const reason = 'relay started; changes committed before it listened were not relayed by it';
     if (!listening || before === undefined) return enqueue(gap(reason));
     const token = `cover.${id}.${before}`;
+    probing = true;
     void (async () => {
       try {
         await coverage!.notify(token);
+        await sleepUnlessAborted(o.coverWaitMs, stop.signal);
+        if (!stop.signal.aborted) push({ probe: token });
       } catch (err) {
         log.warn({ err }, 'start-up probe not sent');
         enqueue(gap(reason));
-        return;
+      } finally {
+        probing = false;
+        settleIdle();
       }
-      await sleepUnlessAborted(o.coverWaitMs, stop.signal);
-      if (!stop.signal.aborted) push({ probe: token });
     })();
   };
 
@@ -318,8 +328,7 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
       if (!next) {
         busy = false;
         if (slot?.isPaused && !closing) slot.resume();
-        for (const w of idleWaiters) w();
-        idleWaiters = [];
+        settleIdle();
         await new Promise<void>((resolve) => (wake = resolve));
         wake = undefined;
         continue;
@@ -362,7 +371,7 @@ export async function runRelay(options: RelayOptions): Promise<Relay> {
   })();
 
   const drained = (): Promise<void> =>
-    !busy && queue.length === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve));
+    !busy && queue.length === 0 && !probing ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve));
 
   let stopping: Promise<void> | undefined;
   const relay: Relay = {
