@@ -124,6 +124,23 @@ function program(out: { code: number }): Command {
     });
 
   cli
+    .command('uninstall')
+    .description('drop the replication slot and publication of MEMORY_SYNC_SOURCE=replication (MEMORY_SYNC_REPLICATION_SLOT, _PUBLICATION), so the server keeps no WAL for memory-sync; stop every memory-sync and relay on it first')
+    .action(async () => {
+      const url = databaseUrl();
+      const { replication } = loadConfig(process.env).engine;
+      const [{ default: pg }, { uninstallCapture }] = await Promise.all([import('pg'), import('../capture/replication.js')]);
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      try {
+        const r = await uninstallCapture(client, replication);
+        console.log(`slot ${replication.slot}: ${r.slot ? 'dropped' : 'none'}; publication ${replication.publication}: ${r.publication ? 'dropped' : 'none'}`);
+      } finally {
+        await client.end();
+      }
+    });
+
+  cli
     .command('check-migrations')
     .description('fail when a migration drops a protected index (idx_memories_embedding) without recreating it')
     .argument('[paths...]', 'migration folders or .sql files', [DEFAULT_MIGRATIONS_DIR])

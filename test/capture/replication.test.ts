@@ -8,6 +8,7 @@ import {
   slotStatus,
   uninstallCapture,
 } from '../../src/capture/replication.js';
+import { main } from '../../src/cli/index.js';
 import { ConfigError, PermanentError } from '../../src/contract/errors.js';
 import { ReplicationSource } from '../../src/sources/replication/source.js';
 import { ADMIN_URL, type TestDb } from '../helpers/db.js';
@@ -112,6 +113,27 @@ describe('slot and uninstall', () => {
     const { rows } = await pool.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [publication]);
     expect(rows).toHaveLength(0);
     expect(await uninstallCapture(pool, { slot, publication })).toEqual({ slot: false, publication: false });
+  });
+
+  it('`memory-sync uninstall` drops the slot and publication named by the environment', async () => {
+    const slot = uniqueName('cli');
+    const publication = uniqueName('clipub');
+    await ensurePublication(pool, publication, MEMORY_SYNC_CAPTURE_TABLES);
+    await createSlot(pool, slot);
+    const saved = { ...process.env };
+    const lines: string[] = [];
+    const log = console.log;
+    console.log = (line: string) => lines.push(line);
+    try {
+      Object.assign(process.env, { DATABASE_URL: db.url, MEMORY_SYNC_REPLICATION_SLOT: slot, MEMORY_SYNC_REPLICATION_PUBLICATION: publication });
+      expect(await main(['node', 'memory-sync', 'uninstall'])).toBe(0);
+      expect(await main(['node', 'memory-sync', 'uninstall'])).toBe(0);
+    } finally {
+      console.log = log;
+      process.env = saved;
+    }
+    expect(lines).toEqual([`slot ${slot}: dropped; publication ${publication}: dropped`, `slot ${slot}: none; publication ${publication}: none`]);
+    expect(await slotStatus(pool, slot)).toBeNull();
   });
 
   it('leaves a slot of the same name that is not its own alone', async () => {

@@ -1,5 +1,6 @@
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { SidecarMetrics } from '../../../src/sidecar/metrics.js';
 import { MemorySync } from '../../../src/client/memory-sync.js';
 import { MEMORY_SYNC_CAPTURE_TABLES, slotStatus } from '../../../src/capture/replication.js';
 import type { ChangeEvent } from '../../../src/contract/change-event.js';
@@ -201,6 +202,15 @@ describe('ReplicationSource', () => {
     expect(host.replicationStats).toMatchObject({ resumes: 1, losses: 1 }); // the one loss: the slot's creation at first start
     await host.sync();
     for (const [i, id] of ids.entries()) expect((await host.getPersonality(id))?.displayName).toBe(`while-down-${i}`);
+
+    // Slot lag and retained WAL on /metrics.
+    await vi.waitFor(() => expect(host!.replicationStats!.retainedBytes).not.toBeNull());
+    const text = await new SidecarMetrics(host).render();
+    expect(text).toMatch(/^memory_sync_replication_slot_lag_bytes \d+$/m);
+    expect(text).toMatch(/^memory_sync_replication_slot_lag_seconds [\d.e-]+$/m);
+    expect(text).toMatch(/^memory_sync_replication_slot_retained_wal_bytes \d+$/m);
+    expect(text).toMatch(/^memory_sync_replication_resumes_total 1$/m);
+    expect(text).toMatch(/^memory_sync_source_info\{source="replication"\} 1$/m);
   });
 
   it('a slot recreated while it was away (dropped, made again, written past) is reported as a loss, and caches flush', async () => {
