@@ -39,6 +39,8 @@ describe('loadConfig', () => {
         summaryIntervalMs: 60_000,
         embedded: { dataDir: './.memory-sync', inMemory: false },
         bus: { url: undefined },
+        source: 'listen',
+        replication: { slot: 'memory_sync', publication: 'memory_sync', maxRetainedWalBytes: 1_073_741_824, statusIntervalMs: 1000 },
       },
     });
   });

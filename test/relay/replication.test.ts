@@ -5,13 +5,17 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemorySync } from '../../src/client/memory-sync.js';
-import { slotStatus } from '../../src/capture/replication.js';
+import { MEMORY_SYNC_CAPTURE_TABLES, slotStatus } from '../../src/capture/replication.js';
+import { runRelay } from '../../src/relay/relay.js';
+import { ReplicationSource } from '../../src/sources/replication/source.js';
+import { FreezableProxy } from '../helpers/proxy.js';
+import { v1Mapper } from '../sources/replication/v1-mapper.js';
 import { parseBusUrl, type BusKind } from '../../src/sources/bus/bus.js';
 import { BusSource } from '../../src/sources/bus-source.js';
 import type { UpInfo } from '../../src/sources/source.js';
 import type { TestDb } from '../helpers/db.js';
 import { Admin, FAST_BACKOFF, KINDS, makeBus, NATS_PORT, REDIS_PORT, uniqueStream } from '../sources/bus/helpers.js';
-import { createReplicationDatabase, insertPersonality, silent, uniqueName } from '../sources/replication/helpers.js';
+import { createReplicationDatabase, insertPersonality, next, silent, uniqueName } from '../sources/replication/helpers.js';
 
 /*
  * PostgreSQL (no triggers) → replication slot → relay processes → bus → hosts.
@@ -155,5 +159,46 @@ describe.each(KINDS)('replication relays on %s', (kind: BusKind) => {
       expect(h.stats().flushes).toBe(0);
       expect(h.busStats!.gapFlushes).toBe(0);
     }
+  });
+
+  it('the bus away past maxQueue: the relay stops reading the slot instead of dropping, and resumes with no gap', { timeout: 60_000 }, async () => {
+    const stream = uniqueStream('msrepl');
+    cleanups.push(() => Admin.for(kind, stream).deleteStream());
+    const proxy = await new FreezableProxy('127.0.0.1', kind === 'nats' ? NATS_PORT : REDIS_PORT).start();
+    cleanups.push(() => proxy.close());
+    const source = new ReplicationSource({ databaseUrl: db.url, logger: silent, slot: uniqueName('bp'), tables: MEMORY_SYNC_CAPTURE_TABLES, mapper: v1Mapper(), confirm: 'manual', statusIntervalMs: 50, backoff: FAST_BACKOFF });
+    const publisher = makeBus(kind, stream, { port: proxy.port, nats: { publishTimeoutMs: 300, connectTimeoutMs: 300 }, redis: { commandTimeoutMs: 300, connectTimeoutMs: 300 } });
+    const relay = await runRelay({ source, publisher, logger: silent, id: 'relay-bp', backoff: FAST_BACKOFF, maxQueue: 5 });
+    cleanups.push(() => relay.stop({ drainMs: 0 }));
+    await relay.drained();
+    const sub = new BusSource({ bus: makeBus(kind, stream), logger: silent, backoff: FAST_BACKOFF });
+    cleanups.push(() => sub.close());
+    const got: string[] = [];
+    const lost: string[] = [];
+    sub.on('change', (e) => got.push(e.txid));
+    sub.on('lost', (r) => lost.push(r));
+    await sub.start();
+
+    proxy.refusing = true;
+    proxy.resetAll();
+    const paused = next(source, 'down');
+    const committed: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const c = await pool.connect();
+      await c.query('BEGIN');
+      await c.query(`INSERT INTO personalities (name, "displayName", "systemPrompt", "updatedAt") VALUES ($1, 'd', 'p', now())`, [uniqueName('bp')]);
+      committed.push((await c.query<{ xid: string }>('SELECT pg_current_xact_id()::xid::text AS xid')).rows[0]!.xid);
+      await c.query('COMMIT');
+      c.release();
+    }
+    await paused; // queue full: reading stopped
+    expect(relay.stats.pauses).toBeGreaterThanOrEqual(1);
+    expect(source.isPaused).toBe(true);
+    expect(relay.stats.gaps).toBe(1); // only the slot's creation, before the subscriber
+    proxy.refusing = false;
+    while (got.length < committed.length) await next(sub, 'change');
+    expect(got).toEqual(committed);
+    expect(lost).toEqual([]);
+    expect(relay.stats.gaps).toBe(1);
   });
 });
