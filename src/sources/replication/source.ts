@@ -515,6 +515,7 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
     const onAbort = () => end('closed');
     this.stop.signal.addEventListener('abort', onAbort, { once: true });
     void ended.then(() => this.stop.signal.removeEventListener('abort', onAbort));
+    if (this.stop.signal.aborted || this.paused) end(this.paused ? 'paused' : 'closed'); // close() or pause() came while the slot was being checked
 
     const plugin = new TextPgoutputPlugin({ protoVersion: 1, publicationNames: [this.o.publication], messages: true });
     const startAt = formatLsn(this.tracker!.safe);
