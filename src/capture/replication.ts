@@ -375,13 +375,20 @@ export interface UninstallResult {
 
 /**
  * `memory-sync uninstall`: drops the slot and the publication, so the server
- * keeps no WAL for memory-sync. A slot still being read (a memory-sync still
- * running) is a PermanentError: stop it first, or it would create them again.
+ * keeps no WAL for memory-sync. A slot still being read `waitMs` (2 s) later (a
+ * memory-sync still running) is a PermanentError: stop it first, or it would
+ * create them again.
  */
-export async function uninstallCapture(db: Queryable, names: CaptureNames): Promise<UninstallResult> {
+export async function uninstallCapture(db: Queryable, names: CaptureNames, options: { waitMs?: number } = {}): Promise<UninstallResult> {
   checkCaptureName('replication.slot', names.slot);
   checkCaptureName('replication.publication', names.publication);
-  const s = await slotStatus(db, names.slot);
+  // A reader stopped a moment ago leaves its server process behind for a few milliseconds.
+  const deadline = Date.now() + (options.waitMs ?? 2_000);
+  let s = await slotStatus(db, names.slot);
+  while (s?.activePid != null && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    s = await slotStatus(db, names.slot);
+  }
   if (s?.activePid != null) {
     throw new PermanentError(`replication slot ${names.slot} is being read by process ${s.activePid} (a running memory-sync or relay): stop it, then uninstall`, '55006');
   }

@@ -61,9 +61,10 @@ export interface RelayOptions {
    */
   backoff?: BackoffOptions;
   /**
-   * Messages held while the bus is unreachable. Past this the relay drops
-   * them and publishes one gap instead (subscribers flush), rather than grow
-   * without bound.
+   * Messages held while the bus is unreachable. Past this a LISTEN relay
+   * drops them and publishes one gap instead (subscribers flush), rather
+   * than grow without bound; a replication relay stops reading the slot
+   * until the queue drains (nothing is lost: the server keeps the WAL).
    * @defaultValue 100000 — minutes of a busy database, tens of MB at most.
    */
   maxQueue?: number;

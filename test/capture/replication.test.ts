@@ -105,7 +105,7 @@ describe('slot and uninstall', () => {
 
     const source = new ReplicationSource({ databaseUrl: db.url, logger: silent, slot, publication, mapper: () => [], backoff: { minMs: 20, maxMs: 200 } });
     await source.start();
-    await expect(uninstallCapture(pool, { slot, publication })).rejects.toThrow(/being read by process \d+/);
+    await expect(uninstallCapture(pool, { slot, publication }, { waitMs: 200 })).rejects.toThrow(/being read by process \d+/);
     await source.close();
 
     expect(await uninstallCapture(pool, { slot, publication })).toEqual({ slot: true, publication: true });
