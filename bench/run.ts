@@ -19,6 +19,7 @@ import { migrate } from '../src/migrations/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../src/paths.js';
 import { nativeKernelsFit } from '../src/cache/hot/int8/kernel-fit.js';
 import { busLag } from './bus-lag.js';
+import { benchReplication } from './replication.js';
 import { runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
@@ -395,6 +396,8 @@ async function main(): Promise<void> {
     console.error('bus lag…');
     figures.push(...(await busLag({ databaseUrl: url, commits: QUICK ? 100 : 300, fanoutCommits: QUICK ? 50 : 200 })));
   });
+  console.error('replication capture…');
+  figures.push(...(await benchReplication({ seconds: QUICK ? 4 : 10, commits: QUICK ? 100 : 300, rounds: QUICK ? 1 : 2 })));
   console.error('hot search…');
   for (const f of await runHotSearchBench({ quick: QUICK })) {
     figures.push({ ...f, goal: f.goal ?? 'reported', met: f.met ?? true, detail: f.detail as Record<string, number> | undefined });

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-pgvector.sh
 bash scripts/ensure-services.sh
+bash scripts/ensure-logical-cluster.sh # wal_level=logical on 5441, for the replication tests
 npm ci --no-audit --no-fund --loglevel=error
 npm test

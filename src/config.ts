@@ -130,7 +130,15 @@ export const ENGINE_VARIABLES = [
   ['MEMORY_SYNC_DB_RETRY_MAX_MS', 'retry.maxTimeoutMs'],
   ['MEMORY_SYNC_SUMMARY_INTERVAL_MS', 'summaryIntervalMs'],
   ['MEMORY_SYNC_DNS_RETRY_MS', 'startup.dnsRetryMs'],
+  ['MEMORY_SYNC_SOURCE', 'source'],
+  ['MEMORY_SYNC_REPLICATION_SLOT', 'replication.slot'],
+  ['MEMORY_SYNC_REPLICATION_PUBLICATION', 'replication.publication'],
+  ['MEMORY_SYNC_MAX_RETAINED_WAL_BYTES', 'replication.maxRetainedWalBytes'],
+  ['MEMORY_SYNC_REPLICATION_STATUS_INTERVAL_MS', 'replication.statusIntervalMs'],
 ] as const;
+
+/** Engine options read as text; the others are numbers. */
+const TEXT_PATHS = new Set<string>(['source', 'replication.slot', 'replication.publication']);
 
 function read<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {
   const raw = env[name];
@@ -147,7 +155,11 @@ function engineOptions(env: Env, databaseUrl: string | undefined, dataDir: strin
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
     const value =
-      path === 'listener.databaseUrl' ? read(env, name, url, '') : read(env, name, name.endsWith('_MS') ? timerMs(0) : whole, 0);
+      path === 'listener.databaseUrl'
+        ? read(env, name, url, '')
+        : TEXT_PATHS.has(path)
+          ? raw
+          : read(env, name, name.endsWith('_MS') ? timerMs(0) : whole, 0);
     const [head, leaf] = path.split('.') as [string, string | undefined];
     if (leaf === undefined) options[head] = value;
     else options[head] = { ...(options[head] as object | undefined), [leaf]: value };
@@ -170,6 +182,9 @@ export function loadConfig(env: Env = process.env): SidecarConfig {
   if (busUrl) {
     parseBusUrl(busUrl); // a bad URL is a ConfigError naming MEMORY_SYNC_BUS_URL, before anything connects
     if (!databaseUrl) throw new ConfigError('MEMORY_SYNC_BUS_URL', 'needs DATABASE_URL: fleet mode runs against a PostgreSQL server, not the embedded database');
+  }
+  if (env.MEMORY_SYNC_SOURCE === 'replication' && !databaseUrl) {
+    throw new ConfigError('MEMORY_SYNC_SOURCE', 'replication needs DATABASE_URL: the embedded database keeps its in-process source');
   }
   return {
     databaseUrl,

@@ -38,3 +38,6 @@ export { createSidecarClient, SidecarClient, type SidecarClientOptions } from '.
 export { memorySyncExtension } from './client/prisma-extension.js';
 export type { PersonalityInput } from './validation/personality.js';
 export { BusSource } from './sources/bus-source.js';
+export { ReplicationSource, type ReplicationSourceOptions, type ReplicationStats } from './sources/replication/source.js';
+export type { DecodedChange, DecodedTransaction, EventMapper } from './sources/replication/types.js';
+export { uninstallCapture, type CaptureTable, type ReplicaIdentity } from './capture/replication.js';

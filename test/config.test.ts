@@ -43,6 +43,8 @@ describe('loadConfig', () => {
         startup: { dnsRetryMs: 60_000 },
         embedded: { dataDir: './.memory-sync', inMemory: false },
         bus: { url: undefined },
+        source: undefined, // the declaration's, else listen
+        replication: { slot: 'memory_sync', publication: 'memory_sync', maxRetainedWalBytes: 1_073_741_824, statusIntervalMs: 1000 },
       },
     });
   });

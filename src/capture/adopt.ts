@@ -11,7 +11,9 @@ import { readCatalog, resolveAgainst, type ResolvedCollection } from '../schema/
 import { bindDeclaration, type LoadedDeclaration } from '../schema/load.js';
 import { createIndexSql, dropIndexSql, inspectIndex } from '../store/vector-index.js';
 import { captureScript, proveCapture, uninstallScript, type ProofResult } from './install.js';
-import { generateTriggers, triggerScript } from './triggers.js';
+import { generateTriggers, removalScript, triggerScript } from './triggers.js';
+import { replicationTables } from './publication.js';
+import { ensurePublication, uninstallCapture, type CaptureNames, type PublicationResult, type UninstallResult } from './replication.js';
 import { parseInput } from '../validation/parse.js';
 import { postgresUrl } from '../contract/primitives.js';
 import { PROTECTED_INDEXES } from '../migrations/check-migrations.js';
@@ -309,10 +311,28 @@ const adoptSchema = z.object({
 
 
 /** The extension, then the generated triggers, proven in a rolled-back transaction first, then installed. */
-async function installCapture(c: pg.Client, binding: Binding, lockTimeoutMs: number, log: (line: string) => void): Promise<{ script: string; proved: ProofResult[] }> {
+async function installCapture(
+  c: pg.Client,
+  binding: Binding,
+  lockTimeoutMs: number,
+  log: (line: string) => void,
+  publication: string,
+): Promise<{ script: string; proved: ProofResult[]; published?: PublicationResult }> {
   const script = await captureScript(c, binding);
   await c.query(`SET lock_timeout = ${lockTimeoutMs}`);
   if (binding.collections.size) await c.query('CREATE EXTENSION IF NOT EXISTS vector');
+  if (binding.captureSource === 'replication') {
+    // No triggers (the script drops any): a publication over the key columns, proven with the bot's writes first.
+    const schema = (await c.query<{ s: string }>('SELECT current_schema() AS s')).rows[0]!.s;
+    const tables = replicationTables(binding, schema);
+    const proved = await proveCapture(c, binding, script, (db) => ensurePublication(db, publication, tables));
+    for (const p of proved) log(`proved on ${p.table}: ${p.statements.length} statements, rolled back`);
+    if (script) await c.query(script);
+    const published = await ensurePublication(c, publication, tables);
+    const list = Object.entries(published.tables).map(([t, x]) => `${t} (${x.columns?.join(', ') ?? 'every column'})`);
+    log(`publication ${publication} ${published.created ? 'created' : published.altered ? 'updated' : 'unchanged'}: ${list.join(', ')}; no triggers (source "replication")`);
+    return { script, proved, published };
+  }
   const proved = await proveCapture(c, binding, script);
   for (const p of proved) log(`proved on ${p.table}: ${p.statements.length} statements, rolled back`);
   await c.query(script); // one simple-protocol query: one implicit transaction
@@ -380,7 +400,7 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     }
     if (problems.length) throw new IncompatibleSchemaError(problems);
 
-    await installCapture(c, binding, o.lockTimeoutMs, log);
+    await installCapture(c, binding, o.lockTimeoutMs, log, 'memory_sync');
     const resolved = resolveAgainst(binding, await readCatalog(c, binding)).collections;
     const vectorIndex = (await installIndexes(c, binding, resolved, log))[BUILTIN.memories]!;
     const indexesCreated: string[] = [];
@@ -425,9 +445,16 @@ export interface AdoptDeclarationOptions {
   log?: (line: string) => void;
   /** The migration's timestamp. @defaultValue now */
   now?: Date;
+  /**
+   * The publication a declaration with `source: "replication"` gets (MEMORY_SYNC_REPLICATION_PUBLICATION).
+   * @defaultValue "memory_sync"
+   */
+  publication?: string;
 }
 
 export interface AdoptDeclarationResult {
+  /** Source "replication": what the publication carries (per table, its columns and identity). */
+  published?: PublicationResult;
   /** Tables that got triggers. */
   tables: string[];
   proved: ProofResult[];
@@ -484,7 +511,7 @@ export async function adoptDeclaration(options: AdoptDeclarationOptions): Promis
       throw err;
     }
     for (const u of resolved.unconstrained) log(`note: ${u}; changes are still followed`);
-    const { proved } = await installCapture(c, binding, lockTimeoutMs, log);
+    const { proved, published } = await installCapture(c, binding, lockTimeoutMs, log, options.publication ?? 'memory_sync');
     const vectorIndexes = await installIndexes(c, binding, resolved.collections, log);
 
     let migration: string | null = null;
@@ -504,7 +531,15 @@ export async function adoptDeclaration(options: AdoptDeclarationOptions): Promis
         }
       }
     }
-    return { tables: generateTriggers(binding).map((t) => t.table), proved, vectorIndexes, migration, recorded, unconstrained: resolved.unconstrained };
+    return {
+      tables: binding.captureSource === 'triggers' ? generateTriggers(binding).map((t) => t.table) : [],
+      proved,
+      vectorIndexes,
+      migration,
+      recorded,
+      unconstrained: resolved.unconstrained,
+      ...(published ? { published } : {}),
+    };
   } finally {
     await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
     await c.end().catch(() => {});
@@ -514,7 +549,8 @@ export async function adoptDeclaration(options: AdoptDeclarationOptions): Promis
 /** The capture as a migration: the triggers, and each vector index (plain CREATE INDEX: a migration runs in a transaction). */
 export function migrationSql(binding: Binding, resolved: Map<string, ResolvedCollection>): string {
   const indexes = [...binding.collections.values()].map((col) => `${createIndexSql(binding, col, resolved.get(col.name)!, false)};`);
-  return `${binding.collections.size ? 'CREATE EXTENSION IF NOT EXISTS vector;\n\n' : ''}${triggerScript(binding)}${indexes.length ? `\n-- Vector indexes (adopt built them CONCURRENTLY; here for a database made from this history)\n${indexes.join('\n')}\n` : ''}`;
+  const capture = binding.captureSource === 'triggers' ? triggerScript(binding) : removalScript(binding);
+  return `${binding.collections.size ? 'CREATE EXTENSION IF NOT EXISTS vector;\n\n' : ''}${capture}${indexes.length ? `\n-- Vector indexes (adopt built them CONCURRENTLY; here for a database made from this history)\n${indexes.join('\n')}\n` : ''}`;
 }
 
 async function hasMigrationTable(c: pg.Client): Promise<boolean> {
@@ -523,17 +559,32 @@ async function hasMigrationTable(c: pg.Client): Promise<boolean> {
 }
 
 /** Removes what adopt installed: the triggers and their functions (and, with `slot`, replication's slot and publication). */
-export async function uninstall(options: { databaseUrl: string; declaration: LoadedDeclaration; log?: (line: string) => void }): Promise<string[]> {
+export interface UninstallOptions {
+  databaseUrl: string;
+  declaration: LoadedDeclaration;
+  /** The slot and publication of the replication source. @defaultValue "memory_sync" both */
+  replication?: CaptureNames;
+  log?: (line: string) => void;
+}
+
+/**
+ * Removes the capture, whichever source it was for: the triggers and their
+ * functions, then the slot and publication (a slot still being read refuses:
+ * the memory-sync reading it would make them again).
+ */
+export async function uninstall(options: UninstallOptions): Promise<{ dropped: string[] } & UninstallResult> {
   const binding = bindDeclaration(options.declaration);
   const c = new pg.Client({ connectionString: options.databaseUrl, application_name: 'memory-sync uninstall' });
   c.on('error', () => {});
   await c.connect();
   try {
+    const names = options.replication ?? { slot: 'memory_sync', publication: 'memory_sync' };
+    const captured = await uninstallCapture(c, names);
     const script = await uninstallScript(c, binding);
     await c.query(script);
-    const lines = script.split('\n').filter(Boolean);
-    for (const l of lines) options.log?.(l);
-    return lines;
+    const dropped = script.split('\n').filter(Boolean);
+    for (const l of dropped) options.log?.(l);
+    return { dropped, ...captured };
   } finally {
     await c.end().catch(() => {});
   }

@@ -98,11 +98,18 @@ export interface ProofResult {
  * and re-INSERT of it (which run the bot's own row triggers too). A failure
  * names the table and the statement; nothing is kept either way.
  */
-export async function proveCapture(db: { query: Queryable['query'] }, binding: Binding, install?: string): Promise<ProofResult[]> {
+export async function proveCapture(
+  db: { query: Queryable['query'] },
+  binding: Binding,
+  install?: string,
+  /** More of the install to prove with it (the publication and replica identities of the replication source). */
+  prepare?: (db: { query: Queryable['query'] }) => Promise<unknown>,
+): Promise<ProofResult[]> {
   const results: ProofResult[] = [];
   await db.query('BEGIN');
   try {
     if (install) await db.query(install);
+    if (prepare) await prepare(db);
     for (const t of generateTriggers(binding)) {
       const m = binding.models.get(t.model)!;
       const id = m.id.map((f) => ident(m.fields.get(f)!.column));

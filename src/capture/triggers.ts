@@ -179,3 +179,22 @@ export function triggerScript(binding: Binding): string {
   const header = `-- memory-sync change capture for ${binding.source}: generated from the declaration; idempotent.\n-- Channel: ${binding.channel}. Regenerate with \`memory-sync adopt\` after changing the declaration.\n`;
   return `${header}\n${generateTriggers(binding).map((t) => `-- ${t.model} (${t.table})\n${t.sql}`).join('\n\n')}\n`;
 }
+
+/**
+ * Source "replication": what replaces the triggers in a migration. Drops
+ * memory-sync's triggers and functions from every watched table (a no-op
+ * where there are none); the publication is made by `memory-sync adopt` or
+ * at the source's first start (src/capture/replication.ts).
+ */
+export function removalScript(binding: Binding): string {
+  const lines = [
+    `-- memory-sync change capture for ${binding.source}: source "replication", so no triggers; idempotent.`,
+    '-- The publication (key columns of each watched table) is made by `memory-sync adopt`, or by memory-sync at its first start.',
+    '',
+  ];
+  for (const t of generateTriggers(binding)) {
+    for (const name of Object.values(TRIGGER_NAMES)) lines.push(`DROP TRIGGER IF EXISTS ${name} ON ${t.table};`);
+    lines.push(`DROP FUNCTION IF EXISTS ${t.functionSchema ? `${ident(t.functionSchema)}.` : ''}${ident(t.functionName)}();`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -59,8 +59,12 @@ function program(out: { code: number }): Command {
 
   cli
     .command('relay')
-    .description('LISTEN on DATABASE_URL and publish every change to MEMORY_SYNC_BUS_URL (nats:// or redis://) for fleet mode; run two for availability')
-    .action(async () => {
+    .description(
+      'LISTEN on DATABASE_URL (or, with source "replication", read the replication slot) and publish every change to MEMORY_SYNC_BUS_URL (nats:// or redis://) for fleet mode; run two for availability',
+    )
+    .addOption(configOption())
+    .action(async (o: { config?: string }) => {
+      if (o.config) process.env.MEMORY_SYNC_CONFIG = o.config;
       const { runRelayCommand } = await import('../relay/run.js');
       await runRelayCommand(process.env); // resolves after SIGTERM/SIGINT
     });
@@ -94,9 +98,11 @@ function program(out: { code: number }): Command {
           databaseUrl: databaseUrl(),
           declaration: await loadDeclarationFile(declared),
           migrationDir: o.migration ? o.migrationDir : null,
+          publication: loadConfig(process.env).engine.replication.publication,
           log: (line) => console.log(line),
         });
-        console.log(`adopted ${shown(declared)}: triggers on ${result.tables.join(', ') || 'no table'}`);
+        const how = result.published ? `publication on ${Object.keys(result.published.tables).join(', ')} (source "replication")` : `triggers on ${result.tables.join(', ') || 'no table'}`;
+        console.log(`adopted ${shown(declared)}: ${how}`);
         if (result.migration) console.log(`migration ${result.migration}${result.recorded ? ' (recorded as applied)' : ''}`);
         return;
       }
@@ -116,12 +122,16 @@ function program(out: { code: number }): Command {
 
   cli
     .command('uninstall')
-    .description('remove what adopt installed: the generated triggers and their functions (the vector indexes and migration files stay)')
+    .description(
+      'remove the change capture: the generated triggers and their functions, and the replication slot and publication (MEMORY_SYNC_REPLICATION_SLOT, _PUBLICATION) so the server keeps no WAL for memory-sync; stop every memory-sync and relay first. The vector indexes and migration files stay',
+    )
     .addOption(configOption())
     .action(async (o: { config?: string }) => {
       const declaration = await loadDeclaration(o.config);
-      const dropped = await uninstall({ databaseUrl: databaseUrl(), declaration });
-      console.log(dropped.length ? dropped.join('\n') : 'nothing to remove');
+      const { replication } = loadConfig(process.env).engine;
+      const r = await uninstall({ databaseUrl: databaseUrl(), declaration, replication });
+      console.log(r.dropped.length ? r.dropped.join('\n') : 'no trigger to remove');
+      console.log(`slot ${replication.slot}: ${r.slot ? 'dropped' : 'none'}; publication ${replication.publication}: ${r.publication ? 'dropped' : 'none'}`);
     });
 
   cli

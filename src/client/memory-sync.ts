@@ -12,6 +12,7 @@ import type { PartitionStore } from '../cache/hot/hot-sets.js';
 import { KNOWN_ARITHMETIC, matchesPgvector, probeVectors, type PgvectorArithmetic } from '../cache/hot/int8/pgvector-distance.js';
 import type { FilterCondition } from '../cache/hot/partition-set.js';
 import { nativeKernelsFit } from '../cache/hot/int8/kernel-fit.js';
+import { replicationTables } from '../capture/publication.js';
 import { assertCaptureInstalled } from '../capture/install.js';
 import { assertPrivileges, runtimeNeeds } from '../capture/privileges.js';
 import { barrierChannel } from '../contract/change-event.js';
@@ -47,6 +48,9 @@ import { parseBusUrl, type BusConfig } from '../sources/bus/bus.js';
 import { createBus } from '../sources/bus/create.js';
 import { PgListenSource } from '../sources/pg-listen.js';
 import { PgliteSource } from '../sources/pglite.js';
+import { createReplicationSource } from '../sources/replication/create.js';
+import { bindingMapper } from '../sources/replication/mapper.js';
+import { DEFAULT_MESSAGE_PREFIX, EMIT_BARRIER_SQL, ReplicationSource, type ReplicationStats } from '../sources/replication/source.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
 import { CollectionStore, vectorLiteral, type CollectionQuery } from '../store/collections.js';
 import { EntityLoader } from '../store/entities.js';
@@ -170,6 +174,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       if (o.bus.url) this.busConfig = parseBusUrl(o.bus.url, 'options.bus.url'); // fails here, not at start()
       else if (!this.listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
     } else {
+      if (o.source === 'replication') throw new ConfigError('options.source', '"replication" needs a PostgreSQL server (databaseUrl or pool); the embedded database keeps its in-process source');
       this.backend = 'embedded';
       this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
@@ -211,6 +216,11 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   /** A bus source's counters (fleet mode), else undefined. */
   get busStats(): BusSourceStats | undefined {
     return this._source instanceof BusSource ? this._source.stats : undefined;
+  }
+
+  /** The replication source's figures (source "replication"), else undefined. */
+  get replicationStats(): ReplicationStats | undefined {
+    return this._source instanceof ReplicationSource ? this._source.stats : undefined;
   }
 
   /** The change source's state without throwing: "idle" before start(). */
@@ -272,11 +282,12 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       this.embedded = await openEmbedded({ dataDir: this.dataDir, logger: this.logger, ivfflatProbes: this.options.ivfflatProbes });
       this._database = this.embedded.queryable;
     }
-    const resolved = await this.checkSchema(binding);
+    const mode = this.embedded ? 'listen' : this.captureMode(binding);
+    const resolved = await this.checkSchema(binding, mode);
     this.bound = this.buildSchema(binding, resolved, builtin);
     for (const d of new Set([...resolved.collections.values()].map((c) => c.dimension))) this.bound.arithmetic.set(d, await this.probeArithmetic(d));
     this._core = this.buildCore(this.bound);
-    this._source = await this.buildSource(binding);
+    this._source = await this.buildSource(binding, resolved, mode);
     this._core.connect(this._source);
     await this._source.start();
     if (this.options.summaryIntervalMs > 0) {
@@ -291,7 +302,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
    * not match the declaration, missing triggers, a wrong database or a bad
    * password reject at once.
    */
-  private async checkSchema(binding: Binding): Promise<Resolved> {
+  private async checkSchema(binding: Binding, mode: 'listen' | 'replication'): Promise<Resolved> {
     const signal = this.lifetime.signal;
     const started = performance.now();
     for (let attempt = 1; ; attempt++) {
@@ -299,7 +310,8 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
         // Privileges first: a schema the role may not use makes its tables look missing.
         await assertPrivileges(this.db(), runtimeNeeds(binding));
         const resolved = resolveAgainst(binding, await readCatalog(this.db(), binding));
-        await assertCaptureInstalled(this.db(), binding);
+        // Triggers matter only to LISTEN (and LISTEN relays); a slot publishes the tables itself.
+        if (mode === 'listen') await assertCaptureInstalled(this.db(), binding);
         for (const u of resolved.unconstrained) this.logger.warn({ relation: u }, 'a followed relation has no foreign key: changes are still seen, but rows may point nowhere');
         return resolved;
       } catch (err) {
@@ -390,7 +402,17 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     return core;
   }
 
-  private async buildSource(binding: Binding): Promise<ChangeSource> {
+  /** How changes reach this process: the option (or MEMORY_SYNC_SOURCE), else what the declaration captures with. */
+  private captureMode(binding: Binding): 'listen' | 'replication' {
+    const chosen = this.options.source;
+    if (chosen === 'listen' && binding.captureSource === 'replication') {
+      // No trigger sends anything: LISTEN would hear nothing and serve stale entries.
+      throw new ConfigError('options.source', `"listen" hears nothing: ${binding.source} captures by replication (source: "replication"), so no trigger notifies; drop MEMORY_SYNC_SOURCE=listen or declare source "triggers" and run memory-sync adopt`);
+    }
+    return chosen ?? (binding.captureSource === 'replication' ? 'replication' : 'listen');
+  }
+
+  private async buildSource(binding: Binding, resolved: Resolved, mode: 'listen' | 'replication'): Promise<ChangeSource> {
     const o = this.options;
     if (this.embedded) return new PgliteSource({ db: this.embedded.db, logger: this.logger, channel: binding.channel });
     if (this.busConfig) {
@@ -399,8 +421,21 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       return new BusSource({
         bus: await createBus(this.busConfig, { backoff: { minMs: o.listener.retryMinMs, maxMs: o.listener.retryMaxMs } }),
         logger: this.logger,
-        // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit.
-        notify: (token) => pool.query('SELECT pg_notify($1, $2)', [channel, token]),
+        // The barrier goes in through PostgreSQL, so it reaches the bus after every earlier commit:
+        // as a logical message when the relays read a slot, else on the barrier channel.
+        notify: (token) =>
+          mode === 'replication' ? pool.query(EMIT_BARRIER_SQL, [DEFAULT_MESSAGE_PREFIX, token]) : pool.query('SELECT pg_notify($1, $2)', [channel, token]),
+      });
+    }
+    if (mode === 'replication') {
+      const schema = resolved.catalog.currentSchema;
+      return createReplicationSource({
+        databaseUrl: this.listenUrl!,
+        logger: this.logger,
+        replication: o.replication,
+        listener: o.listener,
+        tables: replicationTables(binding, schema),
+        mapper: bindingMapper(binding, schema),
       });
     }
     return new PgListenSource({

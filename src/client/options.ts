@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { CAPTURE_NAME } from '../capture/replication.js';
 import type { Declaration } from '../schema/declaration.js';
 import { ConfigError } from '../contract/errors.js';
 import { postgresUrl, timerMs } from '../contract/primitives.js';
@@ -17,6 +18,7 @@ export const DEFAULTS = {
   summaryIntervalMs: 60_000,
   startup: { dnsRetryMs: 60_000 },
   embedded: { dataDir: './.memory-sync', inMemory: false },
+  replication: { slot: 'memory_sync', publication: 'memory_sync', maxRetainedWalBytes: 1024 ** 3, statusIntervalMs: 1_000 },
 } as const;
 
 /** Options of createMemorySync(). Every field is optional. */
@@ -177,6 +179,39 @@ export interface MemorySyncOptions<D extends Declaration = Declaration> {
      */
     url?: string | undefined;
   };
+  /**
+   * How changes are captured on PostgreSQL: `listen`, the triggers' NOTIFY;
+   * `replication`, a logical replication slot (docs/replication.md): writers
+   * pay no NOTIFY, and a restart resumes from the slot without a flush.
+   * Needs wal_level = logical. With `bus`, it tells how sync() barriers
+   * enter the stream (the relays' mode).
+   * @defaultValue process.env.MEMORY_SYNC_SOURCE, else the declaration's `source` ("replication" →
+   * replication), else "listen" — works on every PostgreSQL.
+   */
+  source?: 'listen' | 'replication';
+  /** The replication source (`source: 'replication'`). */
+  replication?: {
+    /**
+     * Logical replication slot. One reader per slot: give each in-process
+     * host its own; the relays of one bus share one (one reads, the others wait).
+     * @defaultValue "memory_sync"
+     */
+    slot?: string;
+    /** @defaultValue "memory_sync" */
+    publication?: string;
+    /**
+     * WAL the slot may keep on the server. Past it memory-sync drops its own
+     * slot, logs an error and flushes, rather than fill the server's disk.
+     * Set max_slot_wal_keep_size on the server as well (docs/replication.md).
+     * @defaultValue 1073741824 (1 GiB)
+     */
+    maxRetainedWalBytes?: number;
+    /**
+     * How often the applied position is confirmed and the slot's lag read.
+     * @defaultValue 1000
+     */
+    statusIntervalMs?: number;
+  };
   /** pino logger; defaults to a silent one. */
   logger?: Logger | undefined;
 }
@@ -224,6 +259,15 @@ export const optionsSchema = z.object({
   summaryIntervalMs: timerMs(0).default(D.summaryIntervalMs),
   startup: z.object({ dnsRetryMs: timerMs(0).default(D.startup.dnsRetryMs) }).prefault({}),
   bus: z.object({ url: z.string().min(1).optional() }).prefault({}),
+  source: z.enum(['listen', 'replication']).optional(),
+  replication: z
+    .object({
+      slot: z.string().regex(CAPTURE_NAME, 'must be 1 to 63 lower-case letters, digits or _').default(D.replication.slot),
+      publication: z.string().regex(CAPTURE_NAME, 'must be 1 to 63 lower-case letters, digits or _').default(D.replication.publication),
+      maxRetainedWalBytes: positive.min(1024 * 1024).default(D.replication.maxRetainedWalBytes),
+      statusIntervalMs: timerMs(10).default(D.replication.statusIntervalMs),
+    })
+    .prefault({}),
   embedded: z
     .object({
       dataDir: z.string().min(1).default(D.embedded.dataDir),
@@ -241,7 +285,8 @@ export function resolveOptions(options: MemorySyncOptions, env: Record<string, s
   if (personalities) rest.entities = { ...personalities, ...rest.entities };
   const embedded = { ...rest.embedded, dataDir: rest.embedded?.dataDir ?? (env.MEMORY_SYNC_DATA_DIR || undefined) };
   const bus = { url: rest.bus?.url ?? (env.MEMORY_SYNC_BUS_URL || undefined) };
-  const input = { ...rest, embedded, bus, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
+  const source = rest.source ?? (env.MEMORY_SYNC_SOURCE || undefined);
+  const input = { ...rest, embedded, bus, source, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
   const result = optionsSchema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0]!;

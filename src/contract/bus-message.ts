@@ -20,8 +20,12 @@ export const barrierToken = z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'must b
  * subscriber reads as invalid (and flushes on) rather than ignores.
  */
 export const busMessageSchema = z.discriminatedUnion('kind', [
-  /** A change event exactly as the trigger sent it. */
-  z.object({ v: z.literal(1), kind: z.literal('change'), event: changeEventSchema }),
+  /**
+   * A change event exactly as the trigger sent it. `at` (replication relays):
+   * the commit position (16 hex digits) and the event's index in its
+   * transaction, so a republish after a crash or failover has the same id.
+   */
+  z.object({ v: z.literal(1), kind: z.literal('change'), event: changeEventSchema, at: z.string().regex(/^[0-9A-F]{16}\.\d{1,9}$/).optional() }),
   /** A sync() barrier token that came through PostgreSQL after every change committed before it. */
   z.object({ v: z.literal(1), kind: z.literal('barrier'), token: barrierToken }),
   /** A notification on the change channel that a relay could not read but that may be a change in a newer format: subscribers flush. */
@@ -48,7 +52,7 @@ export const busMessageSchema = z.discriminatedUnion('kind', [
 
 export type BusMessage = z.infer<typeof busMessageSchema>;
 
-export const changeMessage = (event: ChangeEvent): BusMessage => ({ v: 1, kind: 'change', event });
+export const changeMessage = (event: ChangeEvent, at?: string): BusMessage => (at === undefined ? { v: 1, kind: 'change', event } : { v: 1, kind: 'change', event, at });
 export const barrierMessage = (token: string): BusMessage => ({ v: 1, kind: 'barrier', token });
 
 /** Object keys sorted at every level, so the same event hashes the same in every relay. */
@@ -66,13 +70,16 @@ const digest = (s: string): string => createHash('sha256').update(s).digest('bas
 /**
  * The message id the bus deduplicates on, the same in every relay.
  *
- * change: `c.<txid or commit LSN>.<model>.<op>.<chunk>.<digest>`. The digest (96 bits of
+ * change: `c.<txid>.<model>.<op>.<chunk>.<digest>`. The digest (96 bits of
  * SHA-256 over the canonical event) is there because txid/table/op/chunk
  * alone do not name one event: two `INSERT`s into `memories` in one
  * transaction send two different events with equal txid, model, op and chunk,
  * and the second would be dropped as a duplicate. PostgreSQL already folds
  * identical payloads within a transaction, so hashing the whole event drops
  * nothing it would have delivered.
+ *
+ * change read from a replication slot: `r.<commit position>.<index>.<digest>`,
+ * the same whichever relay reads the slot and however often.
  *
  * barrier: the token itself. invalid: a digest of what was received.
  * gap: `g.<relay>.<n>`.
@@ -81,7 +88,8 @@ export function busMessageId(m: BusMessage): string {
   switch (m.kind) {
     case 'change': {
       const e = m.event;
-      return `c.${e.lsn ? e.lsn.replace('/', '-') : e.txid}.${e.model}.${e.op}.${e.chunk}.${digest(canonicalJson(e))}`;
+      if (m.at !== undefined) return `r.${m.at}.${digest(canonicalJson(e))}`;
+      return `c.${e.txid}.${e.model}.${e.op}.${e.chunk}.${digest(canonicalJson(e))}`;
     }
     case 'barrier':
       return m.token;

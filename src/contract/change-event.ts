@@ -37,8 +37,6 @@ export const changeEventSchema = z
     ts: z.number().finite(),
     chunk: z.number().int().positive(),
     chunks: z.number().int().positive(),
-    /** Commit position, when the event came from logical replication. */
-    lsn: z.string().regex(/^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/).optional(),
   })
   .refine((e) => e.rows.every((t) => t.length === e.fields.length), { message: 'every row has one value per field' })
   .refine((e) => e.scope !== 'model' || (e.rows.length === 0 && e.gone.length === 0), { message: 'a model-scope event names no rows' })

@@ -1,6 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { InvalidationInfo, MemorySync, MemorySyncStats } from '../client/memory-sync.js';
 import type { BusSourceStats } from '../sources/bus-source.js';
+import type { ReplicationStats } from '../sources/replication/source.js';
 
 const PREFIX = 'memory_sync_';
 
@@ -160,6 +161,24 @@ export class SidecarMetrics {
     busStat('source_gap_flushes_total', 'Flushes because the bus subscriber could not prove continuity (trimmed, recreated or lost stream, relay gap).', (s) => s.gapFlushes, 'counter');
     busStat('source_resumes_total', 'Reconnects to the bus that resumed at last + 1: nothing lost, no flush.', (s) => s.resumes, 'counter');
     busStat('source_bus_lag_seconds', 'Commit to this process through the bus, for the last change (payload ts to receipt).', (s) => (s.lagMs ?? 0) / 1000, 'gauge');
+    // The replication source (source "replication"): how far behind its slot is, and what it keeps on the server.
+    const replicationStat = (name: string, help: string, pick: (s: ReplicationStats) => number | null, type: 'gauge' | 'counter') => {
+      const collect = function (this: Gauge | Counter) {
+        const s = client.replicationStats;
+        if (!s) return;
+        this.reset();
+        const v = pick(s);
+        if (v === null) return;
+        if (this instanceof Gauge) this.set(v);
+        else this.inc(v);
+      };
+      return type === 'gauge' ? new Gauge({ name: PREFIX + name, help, registers, collect }) : new Counter({ name: PREFIX + name, help, registers, collect });
+    };
+    replicationStat('replication_slot_lag_bytes', 'WAL written on the server that the replication slot has not confirmed yet, bytes.', (s) => s.lagBytes, 'gauge');
+    replicationStat('replication_slot_lag_seconds', 'Commit to receipt of the last transaction read from the slot; 0 once the stream is caught up.', (s) => (s.lagMs === null ? null : Math.max(0, s.lagMs) / 1000), 'gauge');
+    replicationStat('replication_slot_retained_wal_bytes', 'WAL the replication slot keeps on the server (bounded by maxRetainedWalBytes).', (s) => s.retainedBytes, 'gauge');
+    replicationStat('replication_resumes_total', 'Reconnects that resumed from the slot with nothing lost: no flush.', (s) => s.resumes, 'counter');
+    replicationStat('replication_losses_total', 'Times the slot could not prove continuity (created, invalidated, dropped past the WAL bound): caches flushed.', (s) => s.losses, 'counter');
     this.requests = new Histogram({
       name: PREFIX + 'http_request_duration_seconds',
       help: 'HTTP request duration, by method, route and status.',

@@ -153,3 +153,33 @@ export async function seedBot(c: pg.ClientBase, seed = 1, sizes = { characters: 
   }
   return w;
 }
+
+export interface BotSearch {
+  personaId: string;
+  /** A vector literal. */
+  q: string;
+  limit: number;
+  characterId?: string;
+  /** null: IS NULL. */
+  channelId?: string | null;
+  minSimilarity?: number;
+}
+
+/**
+ * The truth for the bot's memories collection, by hand: exact cosine over
+ * every live row of the partition (`+ 0` keeps any index out), with the
+ * declared `where` (visibility 'normal') and NULL embeddings left out.
+ */
+export async function sqlTopK(c: pg.ClientBase | pg.Pool, s: BotSearch): Promise<{ id: string; similarity: number }[]> {
+  const where = ['persona_id = $1', `visibility = 'normal'`, 'embedding IS NOT NULL'];
+  const values: unknown[] = [s.personaId, s.q, s.limit];
+  if (s.characterId !== undefined) where.push(`character_id = $${values.push(s.characterId)}`);
+  if (s.channelId === null) where.push('channel_id IS NULL');
+  else if (s.channelId !== undefined) where.push(`channel_id = $${values.push(s.channelId)}`);
+  if (s.minSimilarity !== undefined) where.push(`1 - (embedding <=> $2::vector) >= $${values.push(s.minSimilarity)}`);
+  const { rows } = await c.query<{ id: string; similarity: number }>(
+    `SELECT id, 1 - (embedding <=> $2::vector) AS similarity FROM memory_rows WHERE ${where.join(' AND ')} ORDER BY (embedding <=> $2::vector) + 0, id LIMIT $3`,
+    values,
+  );
+  return rows.map((r) => ({ id: r.id, similarity: Number(r.similarity) }));
+}

@@ -4,7 +4,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { runRelay, type Relay } from '../../src/relay/relay.js';
+import { pgCoverage, runRelay, type Relay } from '../../src/relay/relay.js';
+import { barrierMessage } from '../../src/contract/bus-message.js';
 import { parseBusUrl, type BusKind } from '../../src/sources/bus/bus.js';
 import { BusSource } from '../../src/sources/bus-source.js';
 import { PgListenSource } from '../../src/sources/pg-listen.js';
@@ -65,7 +66,7 @@ describe.each(KINDS)('relay on %s', (kind: BusKind) => {
     for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
   });
 
-  async function startRelay(stream: string, id: string, options: { port?: number; maxQueue?: number } = {}): Promise<Relay & { source: PgListenSource }> {
+  async function startRelay(stream: string, id: string, options: { port?: number; maxQueue?: number; covered?: boolean } = {}): Promise<Relay & { source: PgListenSource }> {
     const source = new PgListenSource({ databaseUrl: db.url, logger: silent, paranoidIntervalMs: 1_000, queryTimeoutMs: 2_000, backoff: FAST_BACKOFF });
     // Short timeouts: a publish into a cut connection fails fast and is retried.
     const publisher = makeBus(kind, stream, {
@@ -73,7 +74,9 @@ describe.each(KINDS)('relay on %s', (kind: BusKind) => {
       nats: { publishTimeoutMs: 300, connectTimeoutMs: 300 },
       redis: { commandTimeoutMs: 300, connectTimeoutMs: 300 },
     });
-    const relay = await runRelay({ source, publisher, logger: silent, id, backoff: FAST_BACKOFF, maxQueue: options.maxQueue });
+    const coverage = options.covered ? pgCoverage(db.url, 'memory_sync_barrier') : undefined;
+    if (coverage) cleanups.push(() => coverage.close());
+    const relay = await runRelay({ source, publisher, logger: silent, id, backoff: FAST_BACKOFF, maxQueue: options.maxQueue, coverage, coverWaitMs: 300 });
     cleanups.push(() => relay.stop({ drainMs: 0 }));
     return Object.assign(relay, { source });
   }
@@ -215,5 +218,89 @@ describe.each(KINDS)('relay on %s', (kind: BusKind) => {
     await startRelay(stream, 'relay-late');
     const [reason] = await flushed;
     expect(reason).toMatch(/^relay relay-late: relay started/);
+  });
+
+  describe('start-up gaps with coverage (LISTEN)', () => {
+    it('a relay that starts while another has listened all along publishes no gap; changes meanwhile all arrive', async () => {
+      const stream = uniqueStream('msrelay');
+      cleanups.push(() => Admin.for(kind, stream).deleteStream());
+      const b = await startRelay(stream, 'relay-b', { covered: true });
+      await b.drained();
+      const sub = await subscriber(stream);
+      const lost: string[] = [];
+      sub.source.on('lost', (r) => lost.push(r));
+      const t1 = await write(`${kind}-cov-1`);
+      // The restart: A was away (B relayed t1), now it comes back.
+      const a = await startRelay(stream, 'relay-a', { covered: true });
+      await a.drained(); // its probe's verdict is in
+      const t2 = await write(`${kind}-cov-2`);
+      await sub.source.sync(10_000);
+      expect(a.stats).toMatchObject({ coveredStarts: 1, gaps: 0 });
+      expect(b.stats.gaps).toBe(1); // its own start, before anyone listened
+      expect(lost).toEqual([]);
+      expect(sub.source.stats.gapFlushes).toBe(0);
+      expect(sub.txids).toEqual([t1, t2]);
+    });
+
+    it('with no other relay listening, the start still publishes its gap (subscribers flush once)', async () => {
+      const stream = uniqueStream('msrelay');
+      cleanups.push(() => Admin.for(kind, stream).deleteStream());
+      const sub = await subscriber(stream);
+      const flushed = next<BusSource, [string]>(sub.source, 'lost');
+      const a = await startRelay(stream, 'relay-alone', { covered: true });
+      const [reason] = await flushed;
+      expect(reason).toMatch(/^relay relay-alone: relay started; no relay listening since before it/);
+      await a.drained();
+      expect(a.stats).toMatchObject({ coveredStarts: 0, gaps: 1 });
+    });
+
+    it('a relay that began listening after the newcomer read its clock does not vouch for it', async () => {
+      const stream = uniqueStream('msrelay');
+      cleanups.push(() => Admin.for(kind, stream).deleteStream());
+      const sub = await subscriber(stream);
+      const lost: string[] = [];
+      sub.source.on('lost', (r) => lost.push(r));
+      // Both start together after a time when no relay ran: neither listened since before the other.
+      const [a, c] = await Promise.all([startRelay(stream, 'relay-x', { covered: true }), startRelay(stream, 'relay-y', { covered: true })]);
+      await Promise.all([a.drained(), c.drained()]);
+      await sub.source.sync(10_000);
+      expect(a.stats.gaps + c.stats.gaps).toBeGreaterThanOrEqual(1);
+      expect(lost.length).toBeGreaterThanOrEqual(1);
+      expect(a.stats.coveredStarts + c.stats.coveredStarts).toBeLessThanOrEqual(1);
+    });
+
+    it('a running relay forwards a probe only when its LISTEN session is older than the probe (a broken session starts over)', async () => {
+      const stream = uniqueStream('msrelay');
+      cleanups.push(() => Admin.for(kind, stream).deleteStream());
+      const b = await startRelay(stream, 'relay-rule', { covered: true });
+      await b.drained();
+      const sub = await subscriber(stream);
+      const clock = pgCoverage(db.url, 'memory_sync_barrier');
+      cleanups.push(() => clock.close());
+      const bus = makeBus(kind, stream);
+      cleanups.push(() => bus.close());
+      await bus.connect();
+      /** Sends a probe as a newcomer would, waits until the relay has handled it, then publishes it: duplicate = the relay forwarded it. */
+      const forwarded = async (token: string) => {
+        await clock.notify(token);
+        await sub.source.sync(10_000); // a barrier after it: the relay has handled the probe
+        return (await bus.publish(barrierMessage(token))).duplicate;
+      };
+      const beforeCut = await clock.now();
+      // Cut B's LISTEN connection: its new session starts after `beforeCut`.
+      const back = next<PgListenSource, [UpInfo]>(b.source, 'up');
+      const killer = new pg.Client({ connectionString: db.url });
+      await killer.connect();
+      await killer.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'memory-sync-listener'`, [db.name]);
+      await killer.end();
+      await back;
+      await sub.source.sync(10_000);
+      // A newcomer that read the clock now: B has listened since before it, and vouches.
+      expect(await forwarded(`cover.newcomer-1.${await clock.now()}`)).toBe(true);
+      // One that read it before B's session broke: B missed commits of that time, and stays silent.
+      expect(await forwarded(`cover.newcomer-2.${beforeCut}`)).toBe(false);
+      // Its own probes it never forwards.
+      expect(await forwarded(`cover.relay-rule.${await clock.now()}`)).toBe(false);
+    });
   });
 });

@@ -32,12 +32,15 @@ describe('bus messages', () => {
     expect(busMessageId(barrierMessage('tok-1'))).toBe('tok-1');
   });
 
-  it('an event from logical replication is named by its commit LSN', () => {
-    const e = change({ lsn: '16/B374D848' });
-    const id = busMessageId(changeMessage(e));
-    expect(id).toMatch(/^c\.16-B374D848\.Memory\.INSERT\.1\./);
+  it('an event from logical replication is named by its commit position and index, whichever relay read it', () => {
+    const e = change();
+    const id = busMessageId(changeMessage(e, '00000016B374D848.0'));
+    expect(id).toMatch(/^r\.00000016B374D848\.0\./);
     expect(id).not.toContain(`.${e.txid}.`);
-    expect(busMessageId(changeMessage({ ...e, lsn: '16/B374D850' }))).not.toBe(id);
+    expect(busMessageId(changeMessage(e, '00000016B374D848.0'))).toBe(id);
+    expect(busMessageId(changeMessage(e, '00000016B374D850.0'))).not.toBe(id);
+    expect(busMessageId(changeMessage(e, '00000016B374D848.1'))).not.toBe(id);
+    expect(parseBusMessage(JSON.stringify(changeMessage(e, '16/B374D848'))).ok).toBe(false); // not the wire form of a position
   });
 
   it('parseBusMessage never throws and names what is wrong', () => {
