@@ -114,10 +114,11 @@ export const ENGINE_VARIABLES = [
   ['MEMORY_SYNC_LISTENER_TIMEOUT_MS', 'listener.queryTimeoutMs'],
   ['MEMORY_SYNC_LISTENER_RETRY_MIN_MS', 'listener.retryMinMs'],
   ['MEMORY_SYNC_LISTENER_RETRY_MAX_MS', 'listener.retryMaxMs'],
-  ['MEMORY_SYNC_ENTITY_CACHE_MAX', 'entities.max'],
+  // 0.1's names first, so the new one wins when both are set.
   ['MEMORY_SYNC_PERSONALITY_CACHE_MAX', 'entities.max'],
-  ['MEMORY_SYNC_ENTITY_TTL_MS', 'entities.ttlMs'],
+  ['MEMORY_SYNC_ENTITY_CACHE_MAX', 'entities.max'],
   ['MEMORY_SYNC_PERSONALITY_TTL_MS', 'entities.ttlMs'],
+  ['MEMORY_SYNC_ENTITY_TTL_MS', 'entities.ttlMs'],
   ['MEMORY_SYNC_NEGATIVE_TTL_MS', 'entities.negativeTtlMs'],
   ['MEMORY_SYNC_ENTITY_MAX_EVICTIONS', 'entities.maxEvictions'],
   ['MEMORY_SYNC_HOT_SET_MAX_BYTES', 'hotSets.maxBytes'],
@@ -169,7 +170,8 @@ function engineOptions(env: Env, databaseUrl: string | undefined, dataDir: strin
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     const path = err.variable.replace(/^options\./, '');
-    const name = ENGINE_VARIABLES.find(([, p]) => p === path)?.[0] ?? 'DATABASE_URL';
+    // The variable that set the value (the last one set, as above), not merely one that could have.
+    const name = ENGINE_VARIABLES.filter(([n, p]) => p === path && env[n]).at(-1)?.[0] ?? ENGINE_VARIABLES.find(([, p]) => p === path)?.[0] ?? 'DATABASE_URL';
     throw new ConfigError(name, err.message.slice(err.variable.length + 2));
   }
 }

@@ -116,6 +116,10 @@ describe('loadConfig', () => {
     expect(c.engine.entities).toEqual({ max: 5, ttlMs: 6, negativeTtlMs: 5000, maxEvictions: 10_000 });
     // A value that is not a number is reported under the name that was set.
     expect(configError({ MEMORY_SYNC_PERSONALITY_TTL_MS: 'soon' }).variable).toBe('MEMORY_SYNC_PERSONALITY_TTL_MS');
+    // A range the engine enforces, too; and with both names set, the new one wins.
+    expect(configError({ MEMORY_SYNC_PERSONALITY_CACHE_MAX: '0' }).variable).toBe('MEMORY_SYNC_PERSONALITY_CACHE_MAX');
+    const both = loadConfig({ DATABASE_URL: URL, MEMORY_SYNC_PERSONALITY_CACHE_MAX: '5', MEMORY_SYNC_ENTITY_CACHE_MAX: '7' });
+    expect(both.engine.entities.max).toBe(7);
   });
 
   it('job overrides: unset keeps the declared job, 0 turns it off, a number replaces it', () => {

@@ -7,14 +7,15 @@ import { FINGERPRINT_PREFIX, generateTriggers, TRIGGER_NAMES, triggerScript, typ
 /*
  * Installing, checking, proving and removing the generated triggers. The
  * function comment records a fingerprint of the generated SQL, so start-up
- * can tell "installed for this declaration" from "installed for another one".
+ * can tell "installed for this declaration" from "installed for another one";
+ * the body itself is compared too, so a hand edit that kept the comment is caught.
  */
 
 const NAMES = Object.values(TRIGGER_NAMES);
 
 const INSTALLED_SQL = `
   SELECT c.oid::regclass::text AS "table", t.tgname AS name, t.tgenabled::text AS enabled, p.proname AS function,
-         obj_description(p.oid, 'pg_proc') AS comment
+         obj_description(p.oid, 'pg_proc') AS comment, p.prosrc AS body
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_proc p ON p.oid = t.tgfoid
@@ -31,7 +32,7 @@ const ALL_OURS_SQL = `
 export async function captureProblems(db: Queryable, binding: Binding): Promise<string[]> {
   const triggers = generateTriggers(binding);
   if (!triggers.length) return [];
-  const r = await db.query<{ table: string; name: string; enabled: string; function: string; comment: string | null }>(INSTALLED_SQL, [
+  const r = await db.query<{ table: string; name: string; enabled: string; function: string; comment: string | null; body: string }>(INSTALLED_SQL, [
     NAMES,
     triggers.map((t) => t.table),
   ]);
@@ -47,6 +48,7 @@ export async function captureProblems(db: Queryable, binding: Binding): Promise<
     if (disabled.length) problems.push(`${t.table}: ${disabled.join(', ')} not enabled ALWAYS`);
     const other = found.filter((x) => x.function !== t.functionName || x.comment !== FINGERPRINT_PREFIX + t.fingerprint);
     if (other.length) problems.push(`${t.table}: the installed triggers are another declaration's (or an older memory-sync's)`);
+    else if (found.some((x) => x.body !== t.body)) problems.push(`${t.table}: the trigger function ${t.functionName} was edited by hand (its body is not the generated one)`);
   }
   return problems;
 }

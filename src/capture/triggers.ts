@@ -35,6 +35,8 @@ export interface GeneratedTrigger {
   sql: string;
   /** sha256 of the function, recorded in its comment; start-up compares it. */
   fingerprint: string;
+  /** The function's body as pg_proc.prosrc holds it: start-up compares it too (a hand edit keeps the comment). */
+  body: string;
 }
 
 /** A name unique per table that fits in 63 bytes. */
@@ -152,6 +154,7 @@ BEGIN
 END
 $memory_sync$`;
   const fingerprint = createHash('sha256').update(fnText).digest('hex');
+  const body = fnText.slice(fnText.indexOf('$memory_sync$') + '$memory_sync$'.length, fnText.lastIndexOf('$memory_sync$'));
   const t = table(m);
   const trig = (op: keyof typeof TRIGGER_NAMES) => {
     const ref = op === 'INSERT' ? ' REFERENCING NEW TABLE AS new_rows' : op === 'UPDATE' ? ' REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows' : op === 'DELETE' ? ' REFERENCING OLD TABLE AS old_rows' : '';
@@ -166,7 +169,7 @@ $memory_sync$`;
     // restore tools): a write that notifies nobody leaves every cache stale.
     ...ops.map((op) => `ALTER TABLE ${t} ENABLE ALWAYS TRIGGER ${TRIGGER_NAMES[op]};`),
   ].join('\n');
-  return { model: w.model, table: t, functionName: fn, functionSchema: m.schema, sql, fingerprint };
+  return { model: w.model, table: t, functionName: fn, functionSchema: m.schema, sql, fingerprint, body };
 }
 
 /** Every watched model's triggers, in a stable order. */

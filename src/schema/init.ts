@@ -3,14 +3,15 @@ import { dirname, relative, resolve } from 'node:path';
 import pg from 'pg';
 import { ConfigError } from '../contract/errors.js';
 import type { CollectionDeclaration, Declaration, EntityDeclaration } from './declaration.js';
-import { readPrismaSchema, type DmmfModel } from './prisma-schema.js';
+import { readPrismaSchema, unsupportedVectors, type DmmfModel } from './prisma-schema.js';
 
 /*
  * `memory-sync init`: a starting declaration from the project's Prisma
  * schema, for the user to edit. Every model whose table has a pgvector
  * column becomes a collection; every other model with an id a candidate
- * entity. Prisma's DMMF leaves Unsupported("vector") fields out, so the
- * vector columns are read from the database's catalog (DATABASE_URL).
+ * entity. Prisma's DMMF leaves Unsupported("vector") fields out: they are
+ * read from the schema's field lines, and their dimension from the
+ * database's catalog when DATABASE_URL is set (an untyped column has none).
  */
 
 interface VectorColumn {
@@ -31,11 +32,23 @@ async function vectorColumns(databaseUrl: string): Promise<VectorColumn[]> {
           AND c.relnamespace = current_schema()::regnamespace
         ORDER BY 1, 2`,
     );
-    return r.rows.map((x) => ({ table: x.table, column: x.column, dimension: x.typmod > 0 ? x.typmod : null }));
+    const out: VectorColumn[] = [];
+    for (const x of r.rows) {
+      let dimension = x.typmod > 0 ? x.typmod : null;
+      // An untyped column: the dimension its rows have, if it has any.
+      if (dimension === null) {
+        const q = `SELECT vector_dims(${quote(x.column)}) AS d FROM ${quote(x.table)} WHERE ${quote(x.column)} IS NOT NULL LIMIT 1`;
+        dimension = (await c.query<{ d: number }>(q)).rows[0]?.d ?? null;
+      }
+      out.push({ table: x.table, column: x.column, dimension });
+    }
+    return out;
   } finally {
     await c.end().catch(() => {});
   }
 }
+
+const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
 const scalarFields = (m: DmmfModel) => m.fields.filter((f) => f.kind === 'scalar' || f.kind === 'enum');
 const foreignKeys = (m: DmmfModel) => [...new Set(m.fields.flatMap((f) => (f.kind === 'object' ? (f.relationFromFields ?? []) : [])))];
@@ -64,29 +77,34 @@ function entityFor(m: DmmfModel): EntityDeclaration {
   return { model: m.name, ...(lookups.length ? { lookups } : {}), include: {} };
 }
 
-/** The starting declaration for a schema; `vectors` from the catalog (empty without a database). */
-export function initialDeclaration(schemaPath: string, outDir: string, vectors: VectorColumn[]): Declaration {
+/** The starting declaration for a schema; `vectors` from the catalog (empty without a database), else from the schema's Unsupported fields. */
+export function initialDeclaration(schemaPath: string, outDir: string, vectors: VectorColumn[]): { declaration: Declaration; notes: string[] } {
   const { datamodel } = readPrismaSchema(schemaPath);
+  const unsupported = unsupportedVectors(schemaPath, datamodel.models);
   const entities: Record<string, EntityDeclaration> = {};
   const collections: Record<string, CollectionDeclaration> = {};
+  const notes: string[] = [];
   for (const m of datamodel.models) {
     const table = m.dbName ?? m.name;
-    const v = vectors.find((x) => x.table === table);
-    if (v) collections[lowerFirst(m.name)] = collectionFor(m, v);
+    const u = unsupported.get(m.name)?.[0];
+    const v = vectors.find((x) => x.table === table && (!u || x.column === u.column)) ?? (u ? { table, column: u.column, dimension: u.dimension } : undefined);
+    if (v) {
+      const name = lowerFirst(m.name);
+      collections[name] = collectionFor(m, v);
+      if (!v.dimension) notes.push(`collections.${name}.dimension: ${table}.${v.column} is an untyped vector; set the dimension your embeddings have`);
+    }
     else if (m.primaryKey || m.fields.some((f) => f.isId)) entities[lowerFirst(m.name)] = entityFor(m);
   }
-  return { schema: relative(outDir, resolve(schemaPath)) || schemaPath, channel: 'memory_sync', entities, collections };
+  return { declaration: { schema: relative(outDir, resolve(schemaPath)) || schemaPath, channel: 'memory_sync', entities, collections }, notes };
 }
 
 /** Writes the starting declaration as JSON and returns its text. */
 export async function writeInit(options: { schemaPath: string; out: string; force: boolean; databaseUrl: string | undefined }): Promise<string> {
   if (existsSync(options.out) && !options.force) throw new ConfigError('--out', `${options.out} exists; pass --force to overwrite it`);
   const vectors = options.databaseUrl ? await vectorColumns(options.databaseUrl) : [];
-  const declaration = initialDeclaration(options.schemaPath, dirname(resolve(options.out)), vectors);
+  const { declaration, notes } = initialDeclaration(options.schemaPath, dirname(resolve(options.out)), vectors);
   const text = `${JSON.stringify(declaration, null, 2)}\n`;
   writeFileSync(options.out, text);
-  if (!options.databaseUrl) {
-    process.stderr.write('note: DATABASE_URL is not set, so no vector column could be found (Prisma leaves Unsupported("vector") fields out of its schema model): collections are empty\n');
-  }
+  for (const n of notes) process.stderr.write(`note: ${n}\n`);
   return text;
 }

@@ -111,3 +111,36 @@ export function readPrismaSchema(path: string): PrismaSchema {
   const dmmf = JSON.parse(json) as { datamodel: Datamodel };
   return { path, datamodel: dmmf.datamodel };
 }
+
+export interface UnsupportedVector {
+  field: string;
+  column: string;
+  /** From `Unsupported("vector(384)")`; null for an untyped `vector`. */
+  dimension: number | null;
+}
+
+/**
+ * The `Unsupported("vector…")` fields of each model, which Prisma's parser
+ * validates but leaves out of the DMMF. Only `memory-sync init` needs them
+ * (to suggest collections without a database); the binding reads vector
+ * columns from the catalog. The model blocks are found by the DMMF's names,
+ * so this reads field lines, never the schema's structure.
+ */
+export function unsupportedVectors(path: string, models: readonly DmmfModel[]): Map<string, UnsupportedVector[]> {
+  const text = schemaFiles(path).map(([, c]) => c).join('\n');
+  const out = new Map<string, UnsupportedVector[]>();
+  for (const m of models) {
+    const start = new RegExp(`^\\s*model\\s+${m.name}\\s*\\{`, 'm').exec(text);
+    if (!start) continue;
+    const body = text.slice(start.index + start[0].length, text.indexOf('\n}', start.index));
+    const found: UnsupportedVector[] = [];
+    for (const line of body.split('\n')) {
+      const f = /^\s*([A-Za-z][A-Za-z0-9_]*)\s+Unsupported\(\s*"vector(?:\((\d+)\))?"\s*\)\??(.*)$/.exec(line);
+      if (!f) continue;
+      const map = /@map\(\s*"([^"]+)"\s*\)/.exec(f[3] ?? '');
+      found.push({ field: f[1]!, column: map?.[1] ?? f[1]!, dimension: f[2] ? Number(f[2]) : null });
+    }
+    if (found.length) out.set(m.name, found);
+  }
+  return out;
+}

@@ -141,7 +141,6 @@ describe('adopt: a database whose tables the bot already made', () => {
     expect(await memorySyncObjects(bot.url)).toEqual([]);
     const listener = await connect(bot.url);
     const recorder = await NotificationRecorder.on(listener);
-    await listener.query('LISTEN memory_sync');
     const rowVersions = async () =>
       (await listener.query(`SELECT 'p' || xmin::text || ctid::text AS v FROM personalities UNION ALL SELECT 'm' || xmin::text || ctid::text FROM memories ORDER BY 1`)).rows;
     const versions = await rowVersions();
@@ -205,7 +204,6 @@ describe('adopt: a database whose tables the bot already made', () => {
     const writer = await connect(bot.url);
     try {
       const recorder = await NotificationRecorder.on(listener); // LISTENs on 0.1's cache_invalidation too: nothing comes there
-      await listener.query('LISTEN memory_sync');
       const id = randomUUID();
       const [v] = seededVectors(8, 1);
       await writer.query(`INSERT INTO memories (id, "personalityId", "channelId", content, embedding) VALUES ($1, $2, 'c2', 'more', $3::vector)`, [

@@ -138,6 +138,24 @@ describe('the generated capture is the one source of truth', () => {
     expect(await catalog(c)).toEqual(before);
   });
 
+  it('a trigger function edited by hand (its fingerprint comment kept) is caught', async () => {
+    const memories = generateTriggers(binding).find((t) => t.model === 'Memory')!;
+    const { rows } = await c.query<{ def: string; comment: string }>(
+      `SELECT pg_get_functiondef(p.oid) AS def, obj_description(p.oid, 'pg_proc') AS comment FROM pg_proc p WHERE proname = $1`,
+      [memories.functionName],
+    );
+    expect(rows[0]!.comment).toContain(memories.fingerprint);
+    await c.query('BEGIN');
+    try {
+      // A "quick fix" that stops sending deletes, leaving the comment alone.
+      await c.query(rows[0]!.def.replace("IF TG_OP = 'DELETE' THEN", "IF TG_OP = 'DELETE' AND false THEN"));
+      expect(await captureProblems(c, binding)).toEqual([`"memories": the trigger function ${memories.functionName} was edited by hand (its body is not the generated one)`]);
+    } finally {
+      await c.query('ROLLBACK');
+    }
+    expect(await captureProblems(c, binding)).toEqual([]);
+  });
+
   it('a missing, disabled or origin-only trigger is caught, naming the table and the trigger', async () => {
     await c.query('BEGIN');
     try {

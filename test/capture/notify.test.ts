@@ -24,7 +24,6 @@ beforeAll(async () => {
   writer = await connect(db.url);
   listener = await connect(db.url); // separate from the writer
   rec = await NotificationRecorder.on(listener); // also LISTENs on 0.1's cache_invalidation: nothing may come there
-  await listener.query('LISTEN memory_sync');
 });
 
 afterAll(async () => {

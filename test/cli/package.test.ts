@@ -36,18 +36,19 @@ function resolveFromBot(specifier: string): { url?: string; error?: string } {
 }
 
 describe('the packed package', () => {
-  it('ships the build, schema, migrations and SQL, and no benchmarks or tests', () => {
-    expect(files).toEqual(expect.arrayContaining(['package.json', 'bin/memory-sync.js', 'dist/src/index.js', 'dist/src/index.d.ts', 'prisma/schema.prisma', 'prisma/migrations/migration_lock.toml', 'sql/010_notify.sql']));
+  it('ships the build, schema and migrations (the capture SQL among them), and no benchmarks or tests', () => {
+    expect(files).toEqual(expect.arrayContaining(['package.json', 'bin/memory-sync.js', 'dist/src/index.js', 'dist/src/index.d.ts', 'prisma/schema.prisma', 'prisma/migrations/migration_lock.toml', 'prisma/migrations/20261201000000_declared_capture/migration.sql']));
     expect(files.filter((f) => /^prisma\/migrations\/\d+_[^/]+\/migration\.sql$/.test(f)).length).toBeGreaterThan(0);
     expect(files.filter((f) => f.startsWith('dist/bench/') || f.startsWith('test/') || f.startsWith('dist/test/') || f.startsWith('bench/'))).toEqual([]);
     expect(files).not.toContain('scripts/measure-install.sh');
+    expect(files.filter((f) => f.startsWith('sql/'))).toEqual([]); // 0.1's folder: the triggers are generated now
   });
 
   it.each([
     ['memory-sync/prisma/schema.prisma', 'prisma/schema.prisma'],
     ['memory-sync/prisma/migrations/migration_lock.toml', 'prisma/migrations/migration_lock.toml'],
     ['memory-sync/prisma/migrations/20261124000000_init/migration.sql', 'prisma/migrations/20261124000000_init/migration.sql'],
-    ['memory-sync/sql/010_notify.sql', 'sql/010_notify.sql'],
+    ['memory-sync/prisma/migrations/20261201000000_declared_capture/migration.sql', 'prisma/migrations/20261201000000_declared_capture/migration.sql'],
     ['memory-sync/package.json', 'package.json'],
   ])('a dependent project resolves %s', (specifier, path) => {
     const { url, error } = resolveFromBot(specifier);

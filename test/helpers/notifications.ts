@@ -26,7 +26,9 @@ export class NotificationRecorder {
     });
   }
 
+  /** Records the generated triggers' channel, and 0.1's cache_invalidation (where nothing may come now; the bot fixture's own triggers use it). */
   static async on(listener: pg.Client): Promise<NotificationRecorder> {
+    await listener.query('LISTEN memory_sync');
     await listener.query('LISTEN cache_invalidation');
     await listener.query('LISTEN test_marker');
     return new NotificationRecorder(listener);
