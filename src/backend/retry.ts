@@ -36,9 +36,6 @@ const TRANSIENT_ADAPTER_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClos
 const TRANSIENT_MESSAGES =
   /Query read timeout|Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|terminating connection|ECONNREFUSED|ECONNRESET|server closed the connection/i;
 
-/** memory-sync's own tables: a 42P01 on one of them means the database is not migrated. */
-const OWN_TABLES = new Set(['personalities', 'llm_configs', 'memories', 'conversation_history']);
-
 type Node = Record<string, unknown>;
 
 const isObject = (v: unknown): v is Node => typeof v === 'object' && v !== null;
@@ -173,17 +170,13 @@ export function toPermanent(err: unknown): PermanentError | undefined {
         server.sqlState,
         cause,
       );
-    case '42P01': {
-      const table = /relation "(?:[^"]*\.)?([^".]+)" does not exist/.exec(server.message)?.[1];
-      if (table !== undefined && OWN_TABLES.has(table)) {
-        return new NotMigratedError(
-          `${server.message}: the database is not migrated; run \`memory-sync migrate\` or set MEMORY_SYNC_MIGRATE=true`,
-          server.sqlState,
-          cause,
-        );
-      }
-      return undefined;
-    }
+    case '42P01':
+      // memory-sync queries only the tables its declaration names (start() checked they exist): one gone is a schema to migrate.
+      return new NotMigratedError(
+        `${server.message}: the database is not migrated for the declaration; run \`memory-sync migrate\` (memory-sync's own schema, or MEMORY_SYNC_MIGRATE=true) or \`memory-sync adopt\` (yours)`,
+        server.sqlState,
+        cause,
+      );
   }
   const host = unknownHost(err);
   if (host !== undefined) return new PermanentError(`database host "${host}" not found: fix the host in DATABASE_URL`, undefined, cause);

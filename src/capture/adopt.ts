@@ -66,10 +66,6 @@ export interface TableShape {
   foreignKeys?: ForeignKeyShape[];
 }
 
-// Tables memory-sync inserts rows into (insertMemory in src/store/memories.ts);
-// the others it only reads, and deletes from. An insert needs every column it
-// leaves out to have a default or allow NULL.
-const INSERTED_TABLES = new Set(['memories']);
 
 const TABLES_SQL = `
   SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
@@ -173,7 +169,12 @@ const spell = (c: ColumnShape) => `${c.type}${c.notNull ? ' NOT NULL' : ''}`;
  * Extra tables and columns are fine, except a NOT NULL column without a
  * default in a table memory-sync inserts into.
  */
-export function compareTables(required: TableShape[], existing: Map<string, TableShape>): string[] {
+export function compareTables(
+  required: TableShape[],
+  existing: Map<string, TableShape>,
+  /** Tables memory-sync inserts rows into (its collections): every column it leaves out needs a default or NULL. */
+  inserted: ReadonlySet<string> = new Set(),
+): string[] {
   const problems: string[] = [];
   for (const want of required) {
     const have = existing.get(want.name);
@@ -181,7 +182,7 @@ export function compareTables(required: TableShape[], existing: Map<string, Tabl
       problems.push(`table ${q(want.name)} is missing`);
       continue;
     }
-    const inserted = INSERTED_TABLES.has(want.name);
+    const inserts = inserted.has(want.name);
     const byName = new Map(have.columns.map((c) => [c.name, c]));
     for (const w of want.columns) {
       const h = byName.get(w.name);
@@ -192,10 +193,10 @@ export function compareTables(required: TableShape[], existing: Map<string, Tabl
       }
       if (h.type !== w.type) problems.push(`${col} is ${h.type}, memory-sync needs ${w.type}`);
       if (w.notNull && !h.notNull) problems.push(`${col} allows NULL, memory-sync reads it as NOT NULL`);
-      if (inserted && !w.notNull && h.notNull) problems.push(`${col} is NOT NULL, memory-sync inserts rows with it NULL`);
-      if (inserted && w.hasDefault && !h.hasDefault) problems.push(`${col} has no default, memory-sync inserts rows relying on one`);
+      if (inserts && !w.notNull && h.notNull) problems.push(`${col} is NOT NULL, memory-sync inserts rows with it NULL`);
+      if (inserts && w.hasDefault && !h.hasDefault) problems.push(`${col} has no default, memory-sync inserts rows relying on one`);
     }
-    if (inserted) {
+    if (inserts) {
       const known = new Set(want.columns.map((c) => c.name));
       for (const h of have.columns) {
         if (!known.has(h.name) && h.notNull && !h.hasDefault) {
@@ -290,6 +291,8 @@ export interface AdoptOptions {
 }
 
 export interface AdoptResult {
+  /** Tables that got triggers. */
+  tables: string[];
   /** Migrations recorded as applied by this run, as `prisma migrate resolve --applied` does. */
   recorded: string[];
   /** Migrations that were already recorded. */
@@ -390,7 +393,7 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     // Serialize with `memory-sync migrate` and a second adopt.
     await c.query('SELECT pg_advisory_lock($1)', [MIGRATE_LOCK_KEY]);
     const existing = await describeTables(c);
-    const problems = compareTables(required, existing);
+    const problems = compareTables(required, existing, new Set([...binding.collections.values()].map((col) => binding.models.get(col.model)!.table)));
     const recorded = await recordedMigrations(c);
     for (const d of migrationsList.migrationDirectories) {
       const r = recorded.get(d.path);
@@ -413,7 +416,7 @@ export async function adopt(options: AdoptOptions): Promise<AdoptResult> {
     const pending = o.record ? migrationsList.migrationDirectories.map((d) => d.path).filter((name) => !recorded.has(name)) : [];
     if (pending.length) await markApplied(o.databaseUrl, o.schemaPath, migrationsList, pending, log);
     const alreadyRecorded = [...recorded.keys()].filter((n) => migrationsList.migrationDirectories.some((d) => d.path === n));
-    return { recorded: pending, alreadyRecorded, vectorIndex, indexesCreated };
+    return { tables: generateTriggers(binding).map((t) => t.table), recorded: pending, alreadyRecorded, vectorIndex, indexesCreated };
   } finally {
     await c.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK_KEY]).catch(() => {});
     await c.end().catch(() => {});

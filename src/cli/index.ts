@@ -113,7 +113,7 @@ function program(out: { code: number }): Command {
         schemaPath: o.schema,
         ...(o.shadowDatabaseUrl ? { shadowDatabaseUrl: o.shadowDatabaseUrl } : {}),
       });
-      console.log('tables compatible; change capture installed on personalities, llm_configs, memories');
+      console.log(`tables compatible; change capture installed on ${result.tables.join(', ')}`);
       console.log(`${PROTECTED_INDEXES[0]}: ${result.vectorIndex}${result.vectorIndex === 'present' ? '' : ' (CREATE INDEX CONCURRENTLY)'}`);
       if (result.indexesCreated.length) console.log(`indexes created (CONCURRENTLY): ${result.indexesCreated.join(', ')}`);
       if (result.recorded.length) console.log(`recorded as applied: ${result.recorded.join(', ')}`);

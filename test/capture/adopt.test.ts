@@ -165,7 +165,7 @@ describe('adopt: a database whose tables the bot already made', () => {
       await listener.end();
     }
     // The bot's tables lack the TTL index a later migration adds: built, so the record is true.
-    expect(result).toEqual({ recorded: OURS, alreadyRecorded: [], vectorIndex: 'created', indexesCreated: ['conversation_history_createdAt_idx'] });
+    expect(result).toEqual({ tables: ['"llm_configs"', '"memories"', '"personalities"'], recorded: OURS, alreadyRecorded: [], vectorIndex: 'created', indexesCreated: ['conversation_history_createdAt_idx'] });
 
     // Same triggers, function and indexes as a database memory-sync migrated itself.
     expect(await memorySyncObjects(bot.url)).toEqual(await memorySyncObjects(reference.url));
@@ -231,7 +231,7 @@ describe('adopt: a database whose tables the bot already made', () => {
 
   it('is idempotent', async () => {
     const before = await catalog(bot.url);
-    expect(await adopt(opts(bot.url))).toEqual({ recorded: [], alreadyRecorded: OURS, vectorIndex: 'present', indexesCreated: [] });
+    expect(await adopt(opts(bot.url))).toEqual({ tables: ['"llm_configs"', '"memories"', '"personalities"'], recorded: [], alreadyRecorded: OURS, vectorIndex: 'present', indexesCreated: [] });
     expect(await catalog(bot.url)).toBe(before);
   });
 });
@@ -367,7 +367,7 @@ describe('compareTables', () => {
       { ...required[1]!, columns: [...required[1]!.columns, col('ownerId', 'text', true, false)], indexes: [{ ...nameKey, name: 'bot_unique_name' }] },
       { name: 'other', columns: [col('x', 'text')], primaryKey: [], indexes: [] },
     ]);
-    expect(compareTables(required, ok)).toEqual([]);
+    expect(compareTables(required, ok, new Set(['memories']))).toEqual([]);
     expect(missingIndexes(required, ok)).toEqual([{ table: 'memories', index: byChannel }]);
   });
 
@@ -381,7 +381,7 @@ describe('compareTables', () => {
       },
       { name: 'personalities', columns: [col('id', 'uuid', true, true), col('name', 'text', false)], primaryKey: ['name'], indexes: [{ ...nameKey, unique: false }] },
     ]);
-    expect(compareTables(required, bad)).toEqual([
+    expect(compareTables(required, bad, new Set(['memories']))).toEqual([
       'column "memories"."metadata" is NOT NULL, memory-sync inserts rows with it NULL',
       'column "memories"."createdAt" has no default, memory-sync inserts rows relying on one',
       'column "memories"."score" is NOT NULL without a default, memory-sync inserts rows without it',
