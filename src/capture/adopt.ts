@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { z } from 'zod';
 import { NotMigratedError, PermanentError } from '../contract/errors.js';
-import type { Binding } from '../schema/binding.js';
+import { MAX_INDEXED_DIMENSION, type Binding } from '../schema/binding.js';
 import { BUILTIN, BUILTIN_DECLARATION } from '../schema/builtin.js';
 import { readCatalog, resolveAgainst, type ResolvedCollection } from '../schema/catalog.js';
 import { bindDeclaration, type LoadedDeclaration } from '../schema/load.js';
@@ -298,7 +298,7 @@ export interface AdoptResult {
   /** Migrations that were already recorded. */
   alreadyRecorded: string[];
   /** What happened to the vector index. */
-  vectorIndex: 'created' | 'present' | 'rebuilt';
+  vectorIndex: 'created' | 'present' | 'rebuilt' | 'none';
   /** Other indexes of memory-sync's migrations the tables lacked, built CONCURRENTLY. */
   indexesCreated: string[];
 }
@@ -348,6 +348,11 @@ async function installIndexes(c: pg.Client, binding: Binding, resolved: Map<stri
   await c.query('SET lock_timeout = 0'); // CONCURRENTLY waits for older transactions by design
   const out: Record<string, AdoptResult['vectorIndex']> = {};
   for (const col of binding.collections.values()) {
+    if (!resolved.get(col.name)!.indexed) {
+      out[col.name] = 'none';
+      log(`${col.name}: no vector index (${col.indexed === 'none' ? 'index: false' : `pgvector indexes at most ${MAX_INDEXED_DIMENSION} dimensions`}); a miss scans the partition exactly`);
+      continue;
+    }
     const { state, name } = await inspectIndex(c, binding, col);
     if (state === 'valid') {
       out[col.name] = 'present';
@@ -551,7 +556,7 @@ export async function adoptDeclaration(options: AdoptDeclarationOptions): Promis
 
 /** The capture as a migration: the triggers, and each vector index (plain CREATE INDEX: a migration runs in a transaction). */
 export function migrationSql(binding: Binding, resolved: Map<string, ResolvedCollection>): string {
-  const indexes = [...binding.collections.values()].map((col) => `${createIndexSql(binding, col, resolved.get(col.name)!, false)};`);
+  const indexes = [...binding.collections.values()].filter((col) => resolved.get(col.name)!.indexed).map((col) => `${createIndexSql(binding, col, resolved.get(col.name)!, false)};`);
   const capture = binding.captureSource === 'triggers' ? triggerScript(binding) : removalScript(binding);
   return `${binding.collections.size ? 'CREATE EXTENSION IF NOT EXISTS vector;\n\n' : ''}${capture}${indexes.length ? `\n-- Vector indexes (adopt built them CONCURRENTLY; here for a database made from this history)\n${indexes.join('\n')}\n` : ''}`;
 }

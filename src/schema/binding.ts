@@ -101,6 +101,8 @@ export interface CollectionBinding {
   where: { field: FieldBinding; condition: WhereCondition }[];
   select: FieldBinding[];
   index: { name: string; method: 'hnsw' | 'ivfflat'; lists: number | undefined; m: number | undefined; efConstruction: number | undefined };
+  /** `declared`: named in the declaration; `default`: the default (none above 2,000 dimensions); `none`: `index: false`. */
+  indexed: 'declared' | 'default' | 'none';
 }
 
 export interface HistoryTtlBinding { model: string; field: FieldBinding; days: number; protect: FieldBinding | undefined }
@@ -133,6 +135,9 @@ export interface Binding {
 }
 
 export const DEFAULT_CHANNEL = 'memory_sync';
+
+/** pgvector's hnsw and ivfflat index vectors of at most this many dimensions. */
+export const MAX_INDEXED_DIMENSION = 2_000;
 
 const SCALARS = new Set(['String', 'Int', 'BigInt', 'Float', 'Decimal', 'Boolean', 'DateTime', 'Json', 'Bytes']);
 /** Types whose text form names a row exactly: ids, foreign keys, lookups and partitions must have one. */
@@ -303,16 +308,21 @@ class Binder {
     });
     const select = (d.select ?? []).map((f, i) => this.field(model, f, `${path}.select.${i}`));
     const column = d.embeddingColumn ?? d.embedding;
-    const method = d.index?.method ?? 'hnsw';
-    if (d.index?.lists !== undefined && method !== 'ivfflat') this.fail(`${path}.index.lists`, 'applies to ivfflat only');
-    if ((d.index?.m !== undefined || d.index?.efConstruction !== undefined) && method !== 'hnsw') this.fail(`${path}.index`, 'm and efConstruction apply to hnsw only');
+    const spec = d.index === false ? undefined : d.index;
+    const method = spec?.method ?? 'hnsw';
+    if (spec?.lists !== undefined && method !== 'ivfflat') this.fail(`${path}.index.lists`, 'applies to ivfflat only');
+    if ((spec?.m !== undefined || spec?.efConstruction !== undefined) && method !== 'hnsw') this.fail(`${path}.index`, 'm and efConstruction apply to hnsw only');
     const index = {
-      name: d.index?.name ?? `${model.table}_${column}_cosine`.toLowerCase().replace(/[^a-z0-9_]/g, '_').slice(0, 63),
+      name: spec?.name ?? `${model.table}_${column}_cosine`.toLowerCase().replace(/[^a-z0-9_]/g, '_').slice(0, 63),
       method,
-      lists: d.index?.lists,
-      m: d.index?.m,
-      efConstruction: d.index?.efConstruction,
+      lists: spec?.lists,
+      m: spec?.m,
+      efConstruction: spec?.efConstruction,
     };
+    const indexed = d.index === false ? ('none' as const) : d.index ? ('declared' as const) : ('default' as const);
+    if (indexed === 'declared' && d.dimension !== undefined && d.dimension > MAX_INDEXED_DIMENSION) {
+      this.fail(`${path}.index`, `pgvector indexes vectors of at most ${MAX_INDEXED_DIMENSION} dimensions; this one has ${d.dimension}: leave index out (or false), and a miss scans the partition exactly`);
+    }
     return {
       name,
       model: model.name,
@@ -323,6 +333,7 @@ class Binder {
       where,
       select,
       index,
+      indexed,
     };
   }
 

@@ -1,7 +1,7 @@
 import type { Queryable } from '../backend/queryable.js';
 import { NotMigratedError } from '../contract/errors.js';
 import type { ScalarType } from '../contract/shape.js';
-import type { Binding, ColumnFacts, FieldBinding, IncludeNode, ModelBinding } from './binding.js';
+import { MAX_INDEXED_DIMENSION, type Binding, type ColumnFacts, type FieldBinding, type IncludeNode, type ModelBinding } from './binding.js';
 
 /*
  * The database's side of the binding: every declared table and column must
@@ -132,6 +132,8 @@ export interface ResolvedCollection {
   dimension: number;
   /** True when the column is an untyped `vector`: SQL casts it to vector(dimension). */
   untyped: boolean;
+  /** Whether it has a pgvector index (adopt builds it, the guard keeps it): none when declared false, or above 2,000 dimensions by default. */
+  indexed: boolean;
 }
 
 export interface Resolved {
@@ -226,7 +228,11 @@ export function resolveAgainst(binding: Binding, catalog: Catalog): Resolved {
       problems.push(`collections.${c.name}.dimension: column ${m.table}.${col.name} is an untyped vector; declare its dimension`);
       continue;
     }
-    collections.set(c.name, { dimension, untyped: col.dimension === null });
+    if (c.indexed === 'declared' && dimension > MAX_INDEXED_DIMENSION) {
+      problems.push(`collections.${c.name}.index: pgvector indexes vectors of at most ${MAX_INDEXED_DIMENSION} dimensions and ${m.table}.${col.name} has ${dimension}: leave index out (or false), and a miss scans the partition exactly`);
+      continue;
+    }
+    collections.set(c.name, { dimension, untyped: col.dimension === null, indexed: c.indexed !== 'none' && dimension <= MAX_INDEXED_DIMENSION });
   }
   if (problems.length) {
     const builtin = binding.source === 'built-in';

@@ -63,9 +63,11 @@ export interface CollectionDeclaration {
    * The pgvector index the miss path uses. `memory-sync adopt` builds it
    * (CONCURRENTLY) unless the column already has a cosine index, and the
    * sidecar's index guard rebuilds it when a migration dropped it.
-   * @defaultValue { method: "hnsw" }, named `<table>_<column>_cosine`
+   * `false`: none; a miss scans the partition exactly (pgvector indexes at
+   * most 2,000 dimensions, so that is the default above them).
+   * @defaultValue { method: "hnsw" }, named `<table>_<column>_cosine`; none above 2,000 dimensions
    */
-  index?: { name?: string; method?: 'hnsw' | 'ivfflat'; lists?: number; m?: number; efConstruction?: number };
+  index?: false | { name?: string; method?: 'hnsw' | 'ivfflat'; lists?: number; m?: number; efConstruction?: number };
 }
 
 export interface HistoryTtlJob {
@@ -156,13 +158,16 @@ const collection = z.strictObject({
   where: z.record(prismaName, fixedCondition).optional(),
   select: z.array(prismaName).optional(),
   index: z
-    .strictObject({
-      name: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case identifier of at most 63 characters').optional(),
-      method: z.enum(['hnsw', 'ivfflat']).optional(),
-      lists: z.number().int().min(1).max(32_768).optional(),
-      m: z.number().int().min(2).max(100).optional(),
-      efConstruction: z.number().int().min(4).max(1_000).optional(),
-    })
+    .union([
+      z.literal(false),
+      z.strictObject({
+        name: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case identifier of at most 63 characters').optional(),
+        method: z.enum(['hnsw', 'ivfflat']).optional(),
+        lists: z.number().int().min(1).max(32_768).optional(),
+        m: z.number().int().min(2).max(100).optional(),
+        efConstruction: z.number().int().min(4).max(1_000).optional(),
+      }),
+    ])
     .optional(),
 });
 

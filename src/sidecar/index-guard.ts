@@ -22,6 +22,7 @@ export type GuardOutcome = 'ok' | 'recreated' | 'skipped';
 export async function guardVectorIndexes(db: Db, binding: Binding, resolved: Resolved, logger: Logger): Promise<GuardOutcome> {
   let outcome: GuardOutcome = 'ok';
   for (const c of binding.collections.values()) {
+    if (!resolved.collections.get(c.name)?.indexed) continue; // none declared, or past pgvector's 2,000 dimensions
     const { state, name } = await inspectIndex(db, binding, c);
     if (state === 'valid') continue;
     if (state === 'no-table') {

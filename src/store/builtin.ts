@@ -18,7 +18,7 @@ import { PersonalityStore, type PersonalityRecord } from './personalities.js';
 export const binding = bindDeclaration({ declaration: BUILTIN_DECLARATION, source: 'built-in', baseDir: process.cwd() });
 export const loader = new EntityLoader(binding, binding.entities.get(BUILTIN.personality)!);
 export const personalities = new PersonalityStore(binding, loader);
-export const memories = new CollectionStore(binding, binding.collections.get(BUILTIN.memories)!, { dimension: 1536, untyped: false });
+export const memories = new CollectionStore(binding, binding.collections.get(BUILTIN.memories)!, { dimension: 1536, untyped: false, indexed: true });
 
 /** One memory row as the 0.1 tests read it. */
 export interface MemoryRow {

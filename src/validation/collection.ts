@@ -86,9 +86,23 @@ function condition(f: FieldShape) {
   const range = z
     .strictObject({ lt: v.optional(), lte: v.optional(), gt: v.optional(), gte: v.optional() })
     .refine((r) => Object.keys(r).length > 0, 'must name lt, lte, gt or gte');
-  const forms = [v.transform((x) => ({ eq: x })), z.null().transform(() => ({ eq: null })), z.strictObject({ in: list }), z.strictObject({ notIn: list })];
-  return z.union(ranged ? [...forms, range] : forms, {
-    error: `must be a value, null, { in: [...] }, { notIn: [...] }${ranged ? ' or { lt, lte, gt, gte }' : ''}`,
+  const forms = `must be a value, null, { in: [...] }, { notIn: [...] }${ranged ? ' or { lt, lte, gt, gte }' : ''}`;
+  const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+  // The form is told by the value's shape, so a wrong value inside a form gets that form's own message.
+  return z.unknown().transform((x, ctx): Condition => {
+    let schema: z.ZodType<Condition>;
+    if (x === null) return { eq: null };
+    if (isObject(x) && 'in' in x) schema = z.strictObject({ in: list }) as z.ZodType<Condition>;
+    else if (isObject(x) && 'notIn' in x) schema = z.strictObject({ notIn: list }) as z.ZodType<Condition>;
+    else if (isObject(x) && ranged && ['lt', 'lte', 'gt', 'gte'].some((k) => k in x)) schema = range as z.ZodType<Condition>;
+    else if (isObject(x) || Array.isArray(x)) {
+      ctx.addIssue({ code: 'custom', message: forms });
+      return z.NEVER;
+    } else schema = v.transform((y) => ({ eq: y })) as z.ZodType<Condition>;
+    const r = schema.safeParse(x);
+    if (r.success) return r.data;
+    for (const issue of r.error.issues) ctx.addIssue({ ...issue, code: 'custom', message: issue.message, path: issue.path } as never);
+    return z.NEVER;
   });
 }
 

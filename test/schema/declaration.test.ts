@@ -45,6 +45,8 @@ describe('declaration mistakes name the key path and what is wrong', () => {
     ['an unknown key', { ...base(), entity: {} }, 'test: entity', /not a key of the declaration/],
     ['an unknown key in an entity', base({ entities: { c: { model: 'Character', lookup: ['slug'] } as never } }), 'test: entities.c.lookup', /not a key/],
     ['a dimension out of range', base({ collections: { m: { model: 'Memory', embedding: 'embedding', dimension: 20_000, partitionBy: ['personaId'] } } }), 'test: collections.m.dimension', /from 2 to 16000/],
+    ['an index declared on more dimensions than pgvector indexes', base({ collections: { m: { model: 'Memory', embedding: 'embedding', dimension: 3072, partitionBy: ['personaId'], index: { method: 'hnsw' } } } }), 'test: collections.m.index', /at most 2000 dimensions.*leave index out/],
+    ['an index option of another method', base({ collections: { m: { model: 'Memory', embedding: 'embedding', partitionBy: ['personaId'], index: { method: 'hnsw', lists: 10 } } } }), 'test: collections.m.index.lists', /ivfflat only/],
     ['an entity name that cannot be a URL segment', base({ entities: { 'Char/x': { model: 'Character' } } }), 'test: entities.Char/x', /lower-case letter/],
     ['a model name with a quote', base({ entities: { c: { model: 'Character"; DROP TABLE owners; --' } } }), 'test: entities.c.model', /Prisma name/],
     ['a field name with a comment marker', base({ entities: { c: { model: 'Character', lookups: ['slug--'] } } }), 'test: entities.c.lookups.0', /Prisma name/],

@@ -13,7 +13,7 @@ let db: TestDb;
 let c: pg.Client;
 
 // The built-in declaration's one collection, as the sidecar resolves it.
-const resolved = { collections: new Map([['memories', { dimension: 1536, untyped: false }]]) } as unknown as Resolved;
+const resolved = { collections: new Map([['memories', { dimension: 1536, untyped: false, indexed: true }]]) } as unknown as Resolved;
 const guardVectorIndex = (db: pg.ClientBase, logger: Logger) => guardVectorIndexes(db, binding, resolved, logger);
 const inspectVectorIndex = async (db: pg.ClientBase) => (await inspectIndex(db, binding, binding.collections.get('memories')!)).state;
 

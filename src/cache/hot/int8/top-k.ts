@@ -456,7 +456,10 @@ class Scoring {
       return;
     }
     const rows = s.vectors;
-    if (pending[m - 1]! - pending[0]! === m - 1) {
+    // Candidates come in score order: only rows first, first + 1, … in that order are one run (the first and last alone prove nothing).
+    let run = true;
+    for (let i = 1; i < m && run; i++) run = pending[i] === pending[0]! + i;
+    if (run) {
       scratch.set(rows.subarray(pending[0]! * dim, (pending[0]! + m) * dim)); // a run of rows: one copy
     } else {
       for (let i = 0; i < m; i++) {

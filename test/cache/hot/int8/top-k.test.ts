@@ -168,4 +168,33 @@ describe('topK', () => {
       expect(f.ids_(res.hits)).toEqual(f.reference(base, 10));
     }
   });
+
+  it('scores a batch whose candidates cover consecutive rows out of order with each row its own score (the run copy checks every row)', () => {
+    // Rows 0..23 rank 0, 2, 1, 4, 3, …, 22, 21, 23: the first batch (k + 4 = 24 rows) spans 0..23 exactly but is no run.
+    const dim = 64;
+    const rank = [0];
+    for (let i = 1; i < 23; i += 2) rank.push(i + 1, i);
+    rank.push(23);
+    for (let r = 24; r < 100; r++) rank.push(r);
+    const position = new Map(rank.map((r, p) => [r, p]));
+    const rnd = random(9);
+    const vectors = Array.from({ length: 100 }, (_, r) => {
+      const sim = 0.95 - 0.008 * position.get(r)!;
+      const v = new Float32Array(dim);
+      v[0] = sim;
+      const rest = Math.sqrt(1 - sim * sim);
+      const other = Array.from({ length: dim - 1 }, () => rnd() - 0.5);
+      const n = Math.sqrt(other.reduce((a, x) => a + x * x, 0));
+      other.forEach((x, j) => (v[j + 1] = (x / n) * rest));
+      return v;
+    });
+    const f = new Fixture(dim, vectors);
+    const query = new Float32Array(dim);
+    query[0] = 1;
+    for (const k of [20, 10, 5]) {
+      const res = f.search(query, k);
+      expect(res.path).toBe('bound');
+      expect(f.ids_(res.hits)).toEqual(f.reference(query, k));
+    }
+  });
 });
