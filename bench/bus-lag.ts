@@ -150,7 +150,7 @@ export async function busLag(options: BusLagOptions): Promise<LagRow[]> {
       )
     ).rows[0]!.id;
     // The others LISTEN only during fan-out: every listener costs the server a wake-up per commit.
-    await raws[0]!.query('LISTEN cache_invalidation');
+    await raws[0]!.query('LISTEN memory_sync');
 
     const row = (figure: string, value: number, baseline: number, goal: string, met: boolean, detail?: Record<string, number>): LagRow => ({
       figure,
@@ -176,7 +176,7 @@ export async function busLag(options: BusLagOptions): Promise<LagRow[]> {
       }
 
       const many = await rig(options.databaseUrl, config, fanout);
-      for (const raw of raws.slice(1)) await raw.query('LISTEN cache_invalidation');
+      for (const raw of raws.slice(1)) await raw.query('LISTEN memory_sync');
       try {
         const { direct, bus } = await measure(writer, raws, id, many.subscribers, fanoutCommits);
         const p50 = pct(bus, 50);
@@ -185,7 +185,7 @@ export async function busLag(options: BusLagOptions): Promise<LagRow[]> {
         rows.push(row(`commit → last of ${fanout} ${many.kind} subscribers p50`, p50, d50, 'p50 ≤ 2× direct LISTEN', p50 <= 2 * d50, detail));
         rows.push(row(`commit → last of ${fanout} ${many.kind} subscribers p99`, pct(bus, 99), pct(direct, 99), 'reported beside direct', true, detail));
       } finally {
-        for (const raw of raws.slice(1)) await raw.query('UNLISTEN cache_invalidation');
+        for (const raw of raws.slice(1)) await raw.query('UNLISTEN memory_sync');
         await many.close();
       }
     }

@@ -22,6 +22,7 @@ import { busLag } from './bus-lag.js';
 import { benchReplication } from './replication.js';
 import { runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';
+import { benchCollections } from './collections.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
 import type { Figure } from './figure.js';
 
@@ -90,7 +91,7 @@ async function lag(url: string, writer: pg.Client): Promise<void> {
   await writer.query('SET synchronous_commit = off');
   const raw = new pg.Client({ connectionString: url });
   await raw.connect();
-  await raw.query('LISTEN cache_invalidation');
+  await raw.query('LISTEN memory_sync'); // the generated triggers' channel
   const client = createMemorySync({ databaseUrl: url, summaryIntervalMs: 0 });
   await client.start();
   const ours: number[] = [];
@@ -145,22 +146,22 @@ async function lag(url: string, writer: pg.Client): Promise<void> {
 /** Notifications per second through the whole client path vs raw pg-listen. */
 async function throughput(url: string, writer: pg.Client): Promise<void> {
   const n = QUICK ? 5_000 : 20_000;
-  // Unique payloads (pg_notify drops duplicates within a transaction), valid v1 events.
+  // Unique payloads (pg_notify drops duplicates within a transaction), valid v2 events as the triggers send them.
   const blast = () =>
     writer.query(
-      `SELECT count(pg_notify('cache_invalidation', format(
-         '{"v":1,"table":"personalities","op":"UPDATE","txid":"%s","ts":%s,"scope":"rows","ids":["%s"],"personalityIds":["%s"],"chunk":1,"chunks":1}',
-         g, extract(epoch FROM clock_timestamp()) * 1000, u, u)))
+      `SELECT count(pg_notify('memory_sync', format(
+         '{"ms":2,"model":"Personality","op":"UPDATE","txid":"%s","ts":%s,"scope":"rows","fields":["id"],"rows":[["%s"]],"gone":[],"chunk":1,"chunks":1}',
+         g, extract(epoch FROM clock_timestamp()) * 1000, u)))
        FROM (SELECT g, gen_random_uuid() AS u FROM generate_series(1, $1::int) g) s`,
       [n],
     );
 
   const sub = pgListen.default({ connectionString: url });
   await sub.connect();
-  await sub.listenTo('cache_invalidation');
+  await sub.listenTo('memory_sync');
   let rawCount = 0;
   const rawDone = new Promise<number>((r) =>
-    sub.notifications.on('cache_invalidation', () => {
+    sub.notifications.on('memory_sync', () => {
       if (++rawCount === n) r(now());
     }),
   );
@@ -359,6 +360,19 @@ async function sidecarHit(url: string, id: string, client: MemorySync): Promise<
   }
 }
 
+/**
+ * bench/entities.ts runs under tsx (the bot's Prisma client is generated at
+ * run time, as the tests do), in a process of its own; it prints its figures as JSON.
+ */
+async function entityFigures(): Promise<Figure[]> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', join(PACKAGE_ROOT, 'bench', 'entities.ts'), '--json'], { cwd: PACKAGE_ROOT, stdio: ['ignore', 'pipe', 'inherit'], env: process.env });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const [code] = (await once(proc, 'exit')) as [number];
+  if (code !== 0) return [{ figure: 'declared entities bench', unit: '', value: 0, goal: 'runs', met: false, detail: { exit: code } }];
+  return JSON.parse(out.trim().split('\n').at(-1)!) as Figure[];
+}
+
 async function main(): Promise<void> {
   const started = new Date();
   await withDb(async (url) => {
@@ -398,7 +412,11 @@ async function main(): Promise<void> {
   });
   console.error('replication capture…');
   figures.push(...(await benchReplication({ seconds: QUICK ? 4 : 10, commits: QUICK ? 100 : 300, rounds: QUICK ? 1 : 2 })));
-  console.error('hot search…');
+  console.error('declared collections…');
+  figures.push(...(await benchCollections({ quick: QUICK })));
+  console.error('declared entities (the test bot, through tsx)…');
+  figures.push(...(await entityFigures()));
+  console.error('hot search kernel…');
   for (const f of await runHotSearchBench({ quick: QUICK })) {
     figures.push({ ...f, goal: f.goal ?? 'reported', met: f.met ?? true, detail: f.detail as Record<string, number> | undefined });
   }

@@ -16,8 +16,8 @@
  * What runs: a database of its own (migrated, dropped at the end), 20
  * personalities (3 "hot", 500 memories each); the bench process keeps them
  * cached with GET /v1/personalities/:id and POST /v1/memories/search every
- * few ms, while 3 connections send batches of valid v1 payloads (every
- * table, op and scope, rows events naming the cached personalities and real
+ * few ms, while 3 connections send batches of valid v2 payloads (every
+ * model, op and scope, rows events naming the cached personalities and real
  * memory ids) with `SELECT pg_notify(...) FROM generate_series(...)`. Each
  * batch is followed by POST /v1/sync on the same sidecar, so the flood runs
  * exactly as fast as the sidecar applies it; pg_notification_queue_usage()
@@ -250,41 +250,52 @@ export function slope(points: Array<[number, number]>): number {
 interface Kind {
   /** Share of the flood, per mille. */
   permille: number;
-  table: string;
+  /** SQL: the Prisma model the event names. */
+  model: string;
   op: string;
-  scope: 'rows' | 'personalities';
-  /** SQL: the JSON array's inside (quoted uuids, comma-separated). */
-  ids: string;
-  pids: string;
+  scope: 'rows' | 'partitions';
+  /** The event's fields, as JSON. */
+  fields: string;
+  /** SQL: the inside of the `rows` / `gone` arrays (tuples of quoted uuids). */
+  rows: string;
+  gone: string;
 }
 
 const quoted = (...exprs: string[]) => exprs.map((e) => `'"' || ${e} || '"'`).join(` || ',' || `);
+/** Tuples, each a JSON array of quoted values: tuples(['u', 'cp'], ['u2', 'cp']). */
+const tuples = (...ts: string[][]) => ts.map((t) => `'[' || ${quoted(...t)} || ']'`).join(` || ',' || `);
 const pickOp = (...ops: string[]) => `(ARRAY[${ops.map((o) => `'${o}'`).join(',')}])[1 + (seq % ${ops.length})::int]`;
 const lit = (s: string) => `'${s}'`;
+const PERSONALITY = { model: lit('Personality'), fields: '["id"]' };
+const CONFIG = { model: lit('LlmConfig'), fields: '["id","personalityId"]' };
+const MEMORY = { model: lit('Memory'), fields: '["id","personalityId"]' };
+const none = `''`;
 
 /**
  * Per row: `cp` a cached personality, `hp` a hot one, `hm`/`hmp` a real
- * memory and its personality, `u`/`u2` ids nobody has. Mostly rows-scope
+ * memory and its personality, `u`/`u2` ids nobody has. v2 events as the
+ * generated triggers send them (src/capture/triggers.ts): mostly rows-scope
  * events aimed at what the requests keep cached, so the flood evicts,
  * patches and re-reads for real; the rest are ignored, as most events of a
  * busy database are for a given sidecar.
  */
 const KINDS: Kind[] = [
-  { permille: 150, table: lit('personalities'), op: lit('UPDATE'), scope: 'rows', ids: quoted('cp'), pids: quoted('cp') },
-  { permille: 150, table: lit('personalities'), op: pickOp('INSERT', 'UPDATE'), scope: 'rows', ids: quoted('u'), pids: quoted('u') },
-  { permille: 20, table: lit('personalities'), op: lit('DELETE'), scope: 'rows', ids: quoted('u'), pids: quoted('u') },
-  { permille: 90, table: lit('llm_configs'), op: pickOp('INSERT', 'UPDATE', 'DELETE'), scope: 'rows', ids: quoted('u'), pids: quoted('cp') },
-  { permille: 50, table: lit('llm_configs'), op: pickOp('INSERT', 'UPDATE', 'DELETE'), scope: 'rows', ids: quoted('u'), pids: quoted('u2') },
+  { permille: 150, ...PERSONALITY, op: lit('UPDATE'), scope: 'rows', rows: tuples(['cp']), gone: none },
+  { permille: 150, ...PERSONALITY, op: pickOp('INSERT', 'UPDATE'), scope: 'rows', rows: tuples(['u']), gone: none },
+  { permille: 20, ...PERSONALITY, op: lit('DELETE'), scope: 'rows', rows: none, gone: tuples(['u']) },
+  { permille: 60, ...CONFIG, op: pickOp('INSERT', 'UPDATE'), scope: 'rows', rows: tuples(['u', 'cp']), gone: none },
+  { permille: 30, ...CONFIG, op: lit('DELETE'), scope: 'rows', rows: none, gone: tuples(['u']) },
+  { permille: 50, ...CONFIG, op: pickOp('INSERT', 'UPDATE'), scope: 'rows', rows: tuples(['u', 'u2']), gone: none },
   // Hot-set patches: an unknown id is fetched and found absent; a real one is re-read and replaced.
-  { permille: 150, table: lit('memories'), op: pickOp('INSERT', 'UPDATE'), scope: 'rows', ids: quoted('u'), pids: quoted('hp') },
-  { permille: 50, table: lit('memories'), op: lit('UPDATE'), scope: 'rows', ids: quoted('hm'), pids: quoted('hmp') },
-  { permille: 20, table: lit('memories'), op: lit('DELETE'), scope: 'rows', ids: quoted('u'), pids: quoted('hp') },
-  { permille: 80, table: lit('memories'), op: pickOp('INSERT', 'UPDATE', 'DELETE'), scope: 'rows', ids: quoted('u'), pids: quoted('u2') },
-  { permille: 60, table: lit('memories'), op: pickOp('INSERT', 'UPDATE'), scope: 'personalities', ids: '', pids: quoted('u', 'u2') },
-  { permille: 40, table: pickOp('personalities', 'llm_configs'), op: lit('UPDATE'), scope: 'personalities', ids: '', pids: quoted('cp', 'u') },
-  { permille: 139, table: lit('personalities'), op: lit('UPDATE'), scope: 'rows', ids: quoted('cp', 'u'), pids: quoted('cp', 'u') },
+  { permille: 150, ...MEMORY, op: pickOp('INSERT', 'UPDATE'), scope: 'rows', rows: tuples(['u', 'hp']), gone: none },
+  { permille: 50, ...MEMORY, op: lit('UPDATE'), scope: 'rows', rows: tuples(['hm', 'hmp']), gone: none },
+  { permille: 20, ...MEMORY, op: lit('DELETE'), scope: 'rows', rows: none, gone: tuples(['u']) },
+  { permille: 80, ...MEMORY, op: pickOp('INSERT', 'UPDATE'), scope: 'rows', rows: tuples(['u', 'u2']), gone: none },
+  { permille: 60, model: lit('Memory'), fields: '["personalityId"]', op: pickOp('INSERT', 'UPDATE'), scope: 'partitions', rows: tuples(['u'], ['u2']), gone: none },
+  { permille: 40, ...PERSONALITY, op: lit('UPDATE'), scope: 'rows', rows: tuples(['cp'], ['u']), gone: none },
+  { permille: 139, ...PERSONALITY, op: lit('UPDATE'), scope: 'rows', rows: tuples(['cp'], ['u']), gone: none },
   // A hot set dropped: the next search reloads it (load/drop churn of the native vector blocks).
-  { permille: 1, table: lit('memories'), op: lit('INSERT'), scope: 'personalities', ids: '', pids: quoted('hp') },
+  { permille: 1, model: lit('Memory'), fields: '["personalityId"]', op: lit('INSERT'), scope: 'partitions', rows: tuples(['hp']), gone: none },
 ];
 
 function floodSql(): string {
@@ -305,17 +316,18 @@ function floodSql(): string {
             FROM generate_series(1, $2::int) g) x
     ), e AS (
       SELECT g,
-             ${column((k) => k.table, [lit('personalities'), lit('memories')])} AS tbl,
+             ${column((k) => k.model, [lit('Personality'), lit('Memory')])} AS model,
              ${column((k) => k.op, [lit('TRUNCATE'), lit('TRUNCATE')])} AS op,
-             ${column((k) => lit(k.scope), [lit('table'), lit('table')])} AS scope,
-             ${column((k) => k.ids || `''`, [`''`, `''`])} AS ids,
-             ${column((k) => k.pids, [`''`, `''`])} AS pids
+             ${column((k) => lit(k.scope), [lit('model'), lit('model')])} AS scope,
+             ${column((k) => lit(k.fields), [lit('[]'), lit('[]')])} AS fields,
+             ${column((k) => k.rows, [none, none])} AS rows,
+             ${column((k) => k.gone, [none, none])} AS gone
       FROM s
     )
     -- chunk = g of chunks = n keeps every payload of the transaction distinct (pg_notify folds duplicates).
-    SELECT count(pg_notify('cache_invalidation', format(
-      '{"v":1,"table":"%s","op":"%s","txid":"%s","ts":%s,"scope":"%s","ids":[%s],"personalityIds":[%s],"chunk":%s,"chunks":%s}',
-      tbl, op, pg_current_xact_id(), round(extract(epoch FROM clock_timestamp()) * 1000, 3), scope, ids, pids, g, $2::int)))::int AS sent
+    SELECT count(pg_notify('memory_sync', format(
+      '{"ms":2,"model":"%s","op":"%s","txid":"%s","ts":%s,"scope":"%s","fields":%s,"rows":[%s],"gone":[%s],"chunk":%s,"chunks":%s}',
+      model, op, pg_current_xact_id(), round(extract(epoch FROM clock_timestamp()) * 1000, 3), scope, fields, rows, gone, g, $2::int)))::int AS sent
     FROM e`;
 }
 
@@ -759,7 +771,7 @@ async function baselineRate(url: string, params: (base: number, n: number) => un
       received++;
     }
   });
-  await listener.query('LISTEN cache_invalidation');
+  await listener.query('LISTEN memory_sync');
   await listener.query(`LISTEN ${BASELINE_BARRIER}`);
   const conns = await connectAll(url, o.connections, 'soak-baseline-flood');
   const flood = new Flood(
