@@ -11,6 +11,8 @@ export type {
   StoreInput,
 } from './client/memory-sync.js';
 export type { MemorySyncOptions } from './client/options.js';
+export { defineConfig, type Declaration } from './schema/declaration.js';
+export type { EntityClient, CollectionClient, CollectionSearch, CollectionHit, EntityWhere, EntityValue } from './contract/client.js';
 export { EMBEDDING_DIMENSION } from './embedding.js';
 export {
   MemorySyncError,

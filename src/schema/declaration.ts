@@ -216,7 +216,15 @@ export function parseDeclaration(input: unknown, source = 'declaration'): Declar
  * Identity for TypeScript declarations: `export default defineConfig({ ... })`
  * checks the shape as you type and keeps the literal types, so
  * `createMemorySync({ config })` knows the entity and collection names.
+ * `defineConfig.for<PrismaClient>()({ ... })` also ties it to your Prisma
+ * client's types: `memory.entity('character').get(...)` then returns
+ * Prisma's own payload type for the declared include.
  */
 export function defineConfig<const D extends Declaration>(declaration: D): D {
   return declaration;
 }
+
+/** `defineConfig.for<PrismaClient>()`: the same identity, carrying the client type (a phantom: nothing is added at run time). */
+defineConfig.for = function forClient<P>() {
+  return <const D extends Declaration>(declaration: D): D & { readonly __client?: P } => declaration;
+};

@@ -11,7 +11,8 @@
  *   its own blocks.
  *
  * SQL semantics: `eq: null` matches NULL (IS NULL) and nothing else matches
- * NULL; `in`, `notIn` and ranges never match NULL. Text compares in code-point
+ * NULL; `in`, `notIn` and ranges never match NULL, except an empty `notIn`,
+ * which matches every row (`NOT (x = ANY('{}'))` is true for NULL too). Text compares in code-point
  * order (COLLATE "C"); numbers as PostgreSQL compares float8 (NaN equals NaN
  * and sorts above every number).
  */
@@ -476,6 +477,8 @@ export class FilterColumns {
 
   /** eq / in (negate false) or notIn (negate true) over `values`; `null` only as eq's IS NULL. */
   private members(i: number, c: Column, values: (string | number | null)[], negate: boolean) {
+    // x = ANY('{}') is false even for a NULL x, so NOT of it passes every row.
+    if (negate && values.length === 0) return { test: () => true, zone: () => true };
     if (c.kind === 'text') {
       const set = new Set(values as (string | null)[]);
       const test = negate ? (row: number) => c.values[row] !== null && !set.has(c.values[row]!) : (row: number) => set.has(c.values[row]!);
