@@ -180,9 +180,13 @@ export async function captureScript(db: Queryable, binding: Binding): Promise<st
 export async function uninstallScript(db: Queryable, binding: Binding): Promise<string> {
   const r = await db.query<{ table: string; name: string; function: string }>(ALL_OURS_SQL, [NAMES]);
   const out = r.rows.map((x) => `DROP TRIGGER IF EXISTS ${ident(x.name)} ON ${x.table};`);
-  const fns = new Set(r.rows.map((x) => x.function));
-  for (const t of generateTriggers(binding)) fns.add(`${t.functionSchema ? `${ident(t.functionSchema)}.` : ''}${ident(t.functionName)}()`);
-  for (const f of fns) out.push(`DROP FUNCTION IF EXISTS ${f};`);
+  // The catalog spells a function unquoted (regprocedure), the generator quoted: one DROP each.
+  const fns = new Map(r.rows.map((x) => [x.function.replace(/"/g, ''), x.function]));
+  for (const t of generateTriggers(binding)) {
+    const f = `${t.functionSchema ? `${ident(t.functionSchema)}.` : ''}${ident(t.functionName)}()`;
+    if (!fns.has(f.replace(/"/g, ''))) fns.set(f.replace(/"/g, ''), f);
+  }
+  for (const f of fns.values()) out.push(`DROP FUNCTION IF EXISTS ${f};`);
   // The trigger function of memory-sync 0.1 (v1 payloads on cache_invalidation).
   out.push('DROP FUNCTION IF EXISTS memory_sync_notify() CASCADE;');
   return out.join('\n');

@@ -40,7 +40,7 @@ const configOption = () =>
 
 function program(out: { code: number }): Command {
   const cli = new Command('memory-sync')
-    .description('Keeps bot caches in step with PostgreSQL via LISTEN/NOTIFY; serves memory search.')
+    .description('Keeps bot caches declared on your own Prisma schema in step with PostgreSQL (generated triggers or logical replication); serves entity lookups and exact vector search.')
     .version(packageVersion())
     .exitOverride()
     .showHelpAfterError();
