@@ -175,6 +175,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       else if (!this.listenUrl) throw new ConfigError('options.listener.databaseUrl', 'is required when the pool has no connectionString');
     } else {
       if (o.source === 'replication') throw new ConfigError('options.source', '"replication" needs a PostgreSQL server (databaseUrl or pool); the embedded database keeps its in-process source');
+      if (o.bus.url) throw new ConfigError('options.bus.url', 'needs a PostgreSQL server (databaseUrl or pool): the bus carries its changes, the embedded database has none to share');
       this.backend = 'embedded';
       this.dataDir = o.embedded.inMemory ? undefined : o.embedded.dataDir;
     }
@@ -626,6 +627,11 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
   }
 
   // ------------------------------------------------------------- built-in API
+
+  /** Whether memory-sync's own API (personalities, memories) is served: on its own schema only. */
+  get servesBuiltinApi(): boolean {
+    return this.bound?.personalities !== undefined;
+  }
 
   private builtin(): Schema & { personalities: PersonalityStore } {
     const s = this.ready();

@@ -81,7 +81,7 @@ export class SidecarMetrics {
     });
     this.reconnects = new Counter({
       name: PREFIX + 'listener_reconnects_total',
-      help: 'LISTEN connections re-established after an outage.',
+      help: 'Times the change source came back after being down (LISTEN reconnects, slot and bus resumes, with or without a flush).',
       registers,
     });
     new Gauge({

@@ -82,6 +82,8 @@ function partitionValue(f: FieldShape) {
 function condition(f: FieldShape) {
   const v = fieldValue(f);
   const list = z.array(v).min(1, 'must list at least one value').max(10_000, 'must list at most 10000 values');
+  // An empty notIn excludes nothing (a waterfall's first stage has no ids yet to leave out); an empty in would match nothing.
+  const exclusions = z.array(v).max(10_000, 'must list at most 10000 values');
   const ranged = f.type !== 'Boolean';
   const range = z
     .strictObject({ lt: v.optional(), lte: v.optional(), gt: v.optional(), gte: v.optional() })
@@ -93,7 +95,7 @@ function condition(f: FieldShape) {
     let schema: z.ZodType<Condition>;
     if (x === null) return { eq: null };
     if (isObject(x) && 'in' in x) schema = z.strictObject({ in: list }) as z.ZodType<Condition>;
-    else if (isObject(x) && 'notIn' in x) schema = z.strictObject({ notIn: list }) as z.ZodType<Condition>;
+    else if (isObject(x) && 'notIn' in x) schema = z.strictObject({ notIn: exclusions }) as z.ZodType<Condition>;
     else if (isObject(x) && ranged && ['lt', 'lte', 'gt', 'gte'].some((k) => k in x)) schema = range as z.ZodType<Condition>;
     else if (isObject(x) || Array.isArray(x)) {
       ctx.addIssue({ code: 'custom', message: forms });

@@ -164,3 +164,24 @@ describe('memory-sync start: MEMORY_SYNC_MIGRATE', () => {
     }
   });
 });
+
+describe('memory-sync start: MEMORY_SYNC_MIGRATE beside a declaration of your schema', () => {
+  it('a memory-sync.config.* in the working directory is enough: it applies none of memory-sync\'s migrations, says so, and waits for adopt', async () => {
+    const empty = await createDatabase();
+    dbs.push(empty);
+    const sc = new SidecarProcess(
+      spawn(process.execPath, [BIN, 'start'], { cwd: `${ROOT}/test/fixtures/docs`, env: sidecarEnv({ DATABASE_URL: empty.url, MEMORY_SYNC_MIGRATE: 'true' }) }),
+    );
+    expect((await sc.waitForLog((l) => /MEMORY_SYNC_MIGRATE applies memory-sync's own migrations/.test(l.msg))).level).toBe(40);
+    // Unmigrated is waited out (503 on /readyz), saying what to run.
+    const waiting = await sc.waitForLog((l) => (l as { code?: string }).code === 'not_migrated');
+    expect(waiting.msg).toMatch(/docs_384.*memory-sync adopt/s);
+    const c = await connect(empty.url);
+    try {
+      expect((await c.query(`SELECT to_regclass('_prisma_migrations') AS t`)).rows[0].t).toBeNull();
+    } finally {
+      await c.end();
+    }
+    expect(await sc.stop('SIGINT')).toBe(0);
+  });
+});

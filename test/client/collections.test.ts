@@ -70,7 +70,10 @@ async function truth(dim: number, s: Search): Promise<{ id: string; similarity: 
     if (cond === null) where.push(`${col} IS NULL`);
     else if (typeof cond !== 'object') where.push(`${col} = ${p(val(f, cond))}`);
     else if ('in' in (cond as object)) where.push(`${col} IN (${(cond as { in: unknown[] }).in.map((v) => p(val(f, v))).join(', ')})`);
-    else if ('notIn' in (cond as object)) where.push(`${col} NOT IN (${(cond as { notIn: unknown[] }).notIn.map((v) => p(val(f, v))).join(', ')})`);
+    else if ('notIn' in (cond as object)) {
+      const out = (cond as { notIn: unknown[] }).notIn;
+      if (out.length) where.push(`${col} NOT IN (${out.map((v) => p(val(f, v))).join(', ')})`); // an empty list leaves nothing out, NULLs included
+    }
     else {
       const ops = { lt: '<', lte: '<=', gt: '>', gte: '>=' } as const;
       for (const [k, v] of Object.entries(cond as Record<string, unknown>)) where.push(`${col} ${ops[k as keyof typeof ops]} ${p(val(f, v))}`);
@@ -118,6 +121,7 @@ function searches(queries: number[][]): Search[] {
   const wheres: (Record<string, Cond> | undefined)[] = [
     undefined,
     { tag: 'a' },
+    { tag: { notIn: [] }, id: { notIn: [] } },
     { tag: null },
     { tag: { in: ['a', 'c'] } },
     { tag: { notIn: ['a'] } },
@@ -258,6 +262,14 @@ describe('the search surfaces', () => {
     const res = await fetch(`${sc.url}/v1/collections/docs384/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(input) });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ code: 'validation', field });
+  });
+
+  it("memory-sync's own routes are a 404 on a declaration of yours, naming the routes to use", async () => {
+    for (const [method, path] of [['GET', '/v1/personalities/6f9619ff-8b86-4011-b42d-00c04fc964ff'], ['POST', '/v1/memories/search'], ['DELETE', '/v1/memories/x']] as const) {
+      const res = await fetch(`${sc.url}${path}`, { method, ...(method === 'POST' ? { headers: { 'content-type': 'application/json' }, body: '{}' } : {}) });
+      expect(res.status, path).toBe(404);
+      expect(await res.json()).toMatchObject({ code: 'not_found', error: expect.stringMatching(/\/v1\/entities/) });
+    }
   });
 
   it('an unknown collection is a 404 on the route', async () => {

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { createMemorySync, type MemorySync } from '../../client/memory-sync.js';
 import type { Declaration } from '../../schema/declaration.js';
+import { findDeclaration } from '../../schema/load.js';
 import type { SidecarConfig } from '../../config.js';
 import { migrate } from '../../migrations/migrate.js';
 import { NotMigratedError } from '../../contract/errors.js';
@@ -63,7 +64,8 @@ export class Sidecar {
     const insecure = checkExposure(config); // protected mode: no token on a non-loopback bind is refused here
     logger.info(configSummary(config), 'config');
     if (insecure) logger.warn({ host: config.host }, insecure);
-    if (config.migrate && config.databaseUrl && config.configPath) {
+    // A declaration (named, or memory-sync.config.* here) means the bot's own schema: memory-sync's migrations are not for it.
+    if (config.migrate && config.databaseUrl && findDeclaration(config.configPath)) {
       logger.warn('MEMORY_SYNC_MIGRATE applies memory-sync\'s own migrations; with a declaration of your schema, run `memory-sync adopt` instead');
     } else if (config.migrate && config.databaseUrl) {
       logger.info('applying migrations (MEMORY_SYNC_MIGRATE)');

@@ -70,33 +70,38 @@ export function apiRoutes(app: FastifyInstance, deps: ApiDeps): void {
     return { results };
   });
 
-  app.get<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'read' } }, async (req) => {
+  // memory-sync's own schema only: on a declaration of yours these routes are not there.
+  const builtinOnly = async () => {
+    if (!client.servesBuiltinApi) throw new NotFoundError('this route serves memory-sync\'s own schema; on your declaration use /v1/entities/:entity and /v1/collections/:collection/search');
+  };
+
+  app.get<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'read' }, onRequest: builtinOnly }, async (req) => {
     const personality = await client.getPersonality(req.params.id);
     if (personality === null) throw new NotFoundError(`personality ${req.params.id} not found`);
     return personality;
   });
 
   // 201 when created, 200 when replaced; the body is what GET returns.
-  app.put<{ Params: { id: string }; Body: PersonalityInput }>('/v1/personalities/:id', { config: { access: 'write' } }, async (req, reply) => {
+  app.put<{ Params: { id: string }; Body: PersonalityInput }>('/v1/personalities/:id', { config: { access: 'write' }, onRequest: builtinOnly }, async (req, reply) => {
     const { personality, created } = await client.upsertPersonality(req.params.id, req.body);
     return reply.code(created ? 201 : 200).send(personality);
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'write' } }, async (req, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/personalities/:id', { config: { access: 'write' }, onRequest: builtinOnly }, async (req, reply) => {
     if (await client.deletePersonality(req.params.id)) return reply.code(204).send();
     throw new NotFoundError(`personality ${req.params.id} not found`);
   });
 
-  app.post<{ Body: SearchInput }>('/v1/memories/search', { config: { access: 'read' } }, async (req) => {
+  app.post<{ Body: SearchInput }>('/v1/memories/search', { config: { access: 'read' }, onRequest: builtinOnly }, async (req) => {
     return { results: await client.findSimilarMemories(req.body) };
   });
 
-  app.post<{ Body: StoreInput }>('/v1/memories', { config: { access: 'write' } }, async (req, reply) => {
+  app.post<{ Body: StoreInput }>('/v1/memories', { config: { access: 'write' }, onRequest: builtinOnly }, async (req, reply) => {
     const id = await client.storeMemory(req.body);
     return reply.code(201).send({ id });
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/memories/:id', { config: { access: 'write' } }, async (req, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/memories/:id', { config: { access: 'write' }, onRequest: builtinOnly }, async (req, reply) => {
     if (await client.deleteMemory(req.params.id)) return reply.code(204).send();
     throw new NotFoundError(`memory ${req.params.id} not found`);
   });

@@ -44,6 +44,8 @@ describe('replication configuration', () => {
 
   it('the client refuses replication without a server before it connects', () => {
     expect(() => new MemorySync({ source: 'replication' })).toThrow(/needs a PostgreSQL server/);
+    // Nor a bus: on the embedded database it would be silently ignored.
+    expect(() => new MemorySync({ bus: { url: 'nats://127.0.0.1:4222' } })).toThrow(/options\.bus\.url: needs a PostgreSQL server/);
     const ok = new MemorySync({ databaseUrl: URL, source: 'replication' });
     expect(ok.sourceState).toBe('idle');
     void ok.close();
