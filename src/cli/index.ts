@@ -4,7 +4,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../config.js';
 import { adopt, adoptDeclaration, uninstall } from '../capture/adopt.js';
-import { findDeclaration, loadDeclaration, loadDeclarationFile } from '../schema/load.js';
+import { bindDeclaration, findDeclaration, loadDeclaration, loadDeclarationFile } from '../schema/load.js';
 import { checkMigrations, formatFinding, PROTECTED_INDEXES } from '../migrations/check-migrations.js';
 import { createMigration } from '../migrations/create-migration.js';
 import { migrate } from '../migrations/migrate.js';
@@ -37,6 +37,15 @@ const configOption = () =>
   new Option('--config <file>', 'the declaration (memory-sync.config.{ts,mjs,js,json}); default: one in the working directory, else memory-sync\'s own schema').env(
     'MEMORY_SYNC_CONFIG',
   );
+
+/** The protected index names: memory-sync's own, each declared collection's vector index, and `--protect`. */
+async function protectedIndexes(config: string | undefined, more: string[] = []): Promise<string[]> {
+  const loaded = await loadDeclaration(config);
+  if (loaded.source === 'built-in') return [...new Set([...PROTECTED_INDEXES, ...more])]; // its index is PROTECTED_INDEXES
+  const binding = bindDeclaration(loaded);
+  const declared = [...binding.collections.values()].filter((c) => c.indexed !== 'none').map((c) => c.index.name);
+  return [...new Set([...PROTECTED_INDEXES, ...declared, ...more])];
+}
 
 function program(out: { code: number }): Command {
   const cli = new Command('memory-sync')
@@ -157,9 +166,10 @@ function program(out: { code: number }): Command {
     .requiredOption('--name <name>', 'migration name (slugified as Prisma does)')
     .option('--schema <file>', 'Prisma schema', 'prisma/schema.prisma')
     .option('--migrations-dir <dir>', 'migrations folder', 'prisma/migrations')
-    .option('--protect <index...>', 'more index names to protect')
+    .option('--protect <index...>', 'more index names to protect (the declaration\'s vector indexes are protected already)')
+    .addOption(configOption())
     .addOption(shadowOption())
-    .action(async (o: { name: string; schema: string; migrationsDir: string; protect?: string[]; shadowDatabaseUrl?: string }) => {
+    .action(async (o: { name: string; schema: string; migrationsDir: string; protect?: string[]; config?: string; shadowDatabaseUrl?: string }) => {
       const url = process.env.DATABASE_URL || undefined;
       if (!url && !o.shadowDatabaseUrl) {
         throw new ConfigError('DATABASE_URL', 'is required (the shadow database is created on its server), or pass --shadow-database-url');
@@ -168,7 +178,7 @@ function program(out: { code: number }): Command {
         name: o.name,
         schemaPath: o.schema,
         migrationsDir: o.migrationsDir,
-        protectedIndexes: [...PROTECTED_INDEXES, ...(o.protect ?? [])],
+        protectedIndexes: await protectedIndexes(o.config, o.protect),
         ...(url ? { databaseUrl: url } : {}),
         ...(o.shadowDatabaseUrl ? { shadowDatabaseUrl: o.shadowDatabaseUrl } : {}),
       });
@@ -180,11 +190,12 @@ function program(out: { code: number }): Command {
 
   cli
     .command('check-migrations')
-    .description('fail when a migration drops a protected index (idx_memories_embedding) without recreating it')
+    .description('fail when a migration drops a protected index (idx_memories_embedding, and the declaration\'s vector indexes) without recreating it')
     .argument('[paths...]', 'migration folders or .sql files', [DEFAULT_MIGRATIONS_DIR])
     .option('--protect <index...>', 'more index names to protect')
-    .action(async (paths: string[], o: { protect?: string[] }) => {
-      const findings = await checkMigrations(paths, [...PROTECTED_INDEXES, ...(o.protect ?? [])]);
+    .addOption(configOption())
+    .action(async (paths: string[], o: { protect?: string[]; config?: string }) => {
+      const findings = await checkMigrations(paths, await protectedIndexes(o.config, o.protect));
       for (const f of findings) console.error(formatFinding(f));
       if (findings.length) {
         console.error(

@@ -24,6 +24,18 @@ describe('memory-sync check-migrations (CLI)', () => {
     expect(r.stderr).toMatch(/20270101_drift\/migration\.sql:2: drops protected index "idx_memories_embedding"/);
   });
 
+  it("protects the declaration's vector indexes too, with no --protect", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ms-cli-'));
+    mkdirSync(join(dir, '20270101_drift'));
+    writeFileSync(join(dir, '20270101_drift', 'migration.sql'), 'DROP INDEX "memory_rows_embedding_cosine";\n');
+    const config = join(ROOT, 'test', 'fixtures', 'bot', 'memory-sync.config.json');
+    const r = spawnSync(process.execPath, [BIN, 'check-migrations', dir, '--config', config], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/migration\.sql:1: drops protected index "memory_rows_embedding_cosine"/);
+    // Without the declaration, that name is nobody's.
+    expect(spawnSync(process.execPath, [BIN, 'check-migrations', dir], { encoding: 'utf8' }).status).toBe(0);
+  });
+
   it('the pre-commit hook blocks a commit that stages such a migration', () => {
     const repo = mkdtempSync(join(tmpdir(), 'ms-hook-'));
     const git = (...args: string[]) => execFileSync('git', args, { cwd: repo, encoding: 'utf8', stdio: 'pipe' });
