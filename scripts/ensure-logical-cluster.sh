@@ -15,7 +15,15 @@ CONF="/etc/postgresql/$PG_MAJOR/$NAME/conf.d/memory-sync.conf"
 ready() { pg_isready -q -h 127.0.0.1 -p "$PORT"; }
 logical() { [ "$(psql -XAtq -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c 'SHOW wal_level' 2>/dev/null)" = logical ]; }
 
+# A run killed inside test/sources/replication/visibility.alone.test.ts leaves a
+# synchronous standby that does not exist: every commit would wait for it.
+reset_sync() {
+  psql -XAtq -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
+    -c 'ALTER SYSTEM RESET synchronous_standby_names' -c 'ALTER SYSTEM RESET synchronous_commit' -c 'SELECT pg_reload_conf()' >/dev/null
+}
+
 if ready && logical; then
+  reset_sync
   echo "postgres ($NAME, $PORT): running, wal_level=logical"
   exit 0
 fi
@@ -56,6 +64,7 @@ else
 fi
 for _ in $(seq 1 30); do
   if ready && logical; then
+    reset_sync
     echo "postgres ($NAME, $PORT): started, wal_level=logical"
     exit 0
   fi

@@ -24,7 +24,8 @@ beforeAll(async () => {
   pool = new pg.Pool({ connectionString: db.url, max: 3 });
   pool.on('connect', (c) => c.on('error', () => {}));
   await admin.connect();
-  // Cluster-wide, so every other session (other test files too) is made not to wait: "local" by default.
+  // Cluster-wide: "local" for every session but the writer. A session that has not reloaded yet would still wait,
+  // so this file runs alone, after the main suite (vitest.alone.config.ts).
   await admin.query(`ALTER SYSTEM SET synchronous_commit = 'local'`);
   await admin.query(`ALTER SYSTEM SET synchronous_standby_names = 'ms_no_such_standby'`);
   await admin.query('SELECT pg_reload_conf()');
