@@ -71,41 +71,52 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
     return s;
   }
   if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
-  // The fused 8-lane loop, fmaF32 written out so V8 keeps it in one tight loop (~4× faster than calls).
-  const lanes = laneScratch;
-  lanes.fill(0);
+  // The fused 8-lane loop in eight locals (a lanes array costs a load and a store per element: ~15% slower).
+  let l0 = 0;
+  let l1 = 0;
+  let l2 = 0;
+  let l3 = 0;
+  let l4 = 0;
+  let l5 = 0;
+  let l6 = 0;
+  let l7 = 0;
   const n8 = n >= 8 ? n & ~7 : 0;
   for (let i = 0; i < n8; i += 8) {
-    for (let l = 0; l < 8; l++) {
-      const p = a[i + l]! * b[i + l]!;
-      const c = lanes[l]!;
-      const s = p + c;
-      let r = fround(s);
-      if (r !== s) {
-        const t = s + (s - r);
-        if (fround(t) === t) r = midpoint(p, c, s, r, t);
-      }
-      lanes[l] = r;
-    }
+    l0 = fusedAdd(a[i]! * b[i]!, l0);
+    l1 = fusedAdd(a[i + 1]! * b[i + 1]!, l1);
+    l2 = fusedAdd(a[i + 2]! * b[i + 2]!, l2);
+    l3 = fusedAdd(a[i + 3]! * b[i + 3]!, l3);
+    l4 = fusedAdd(a[i + 4]! * b[i + 4]!, l4);
+    l5 = fusedAdd(a[i + 5]! * b[i + 5]!, l5);
+    l6 = fusedAdd(a[i + 6]! * b[i + 6]!, l6);
+    l7 = fusedAdd(a[i + 7]! * b[i + 7]!, l7);
   }
-  let v0 = fround(lanes[0]! + lanes[4]!);
-  let v1 = fround(lanes[1]! + lanes[5]!);
-  let v2 = fround(lanes[2]! + lanes[6]!);
-  let v3 = fround(lanes[3]! + lanes[7]!);
+  let v0 = fround(l0 + l4);
+  let v1 = fround(l1 + l5);
+  let v2 = fround(l2 + l6);
+  let v3 = fround(l3 + l7);
   let i = n8;
   if (n - n8 >= 4) {
-    v0 = fmaF32(a[i]!, b[i]!, v0);
-    v1 = fmaF32(a[i + 1]!, b[i + 1]!, v1);
-    v2 = fmaF32(a[i + 2]!, b[i + 2]!, v2);
-    v3 = fmaF32(a[i + 3]!, b[i + 3]!, v3);
+    v0 = fusedAdd(a[i]! * b[i]!, v0);
+    v1 = fusedAdd(a[i + 1]! * b[i + 1]!, v1);
+    v2 = fusedAdd(a[i + 2]! * b[i + 2]!, v2);
+    v3 = fusedAdd(a[i + 3]! * b[i + 3]!, v3);
     i += 4;
   }
   let s = fround(fround(v0 + v2) + fround(v1 + v3));
-  for (; i < n; i++) s = fmaF32(a[i]!, b[i]!, s);
+  for (; i < n; i++) s = fusedAdd(a[i]! * b[i]!, s);
   return s;
 }
 
-const laneScratch = new Float64Array(8);
+/** fmaF32 given the product p = a·b (exact in double): small enough for V8 to inline in the loop above. */
+function fusedAdd(p: number, c: number): number {
+  const s = p + c;
+  const r = fround(s);
+  if (r === s) return r;
+  const t = s + (s - r);
+  return fround(t) !== t ? r : midpoint(p, c, s, r, t);
+}
+
 
 /** fmaF32's rare branch: s = p + c (double) is a float32 midpoint between r and t; the exact sum's side of it decides. */
 function midpoint(p: number, c: number, s: number, r: number, t: number): number {

@@ -29,8 +29,8 @@ import type { Int8Rows, RowState } from './rows.js';
  * `minSimilarity`. The int8 scan returns its best `wanted` rows of each
  * block; every row it did not return has an approximate score no higher than
  * the last returned, so once that plus the largest row bound is below the
- * bar, no unreturned row can matter; otherwise the list widens (×8), at worst
- * to every row. Candidates are scored natively in float32 in batches (the
+ * bar, no unreturned row of that block can matter; otherwise that block's
+ * list widens (×8) and it alone is scanned again, at worst to every row. Candidates are scored natively in float32 in batches (the
  * first of k + 4 rows, so a good bar comes early); those whose interval still reaches
  * the bar are scored exactly, and the rows whose exact score reaches the
  * final bar are ranked on pgvector's distance 1 − clamp(P_r), ties by id:
@@ -44,7 +44,11 @@ import type { Int8Rows, RowState } from './rows.js';
  */
 
 /** Fewest candidates taken in the first round, before dividing by the filter's pass share. */
-const FIRST_CANDIDATES = 128;
+const FIRST_CANDIDATES = 32;
+/** The first round asks for this many times the depth recent proofs needed. */
+const DEPTH_MARGIN = 2;
+/** Each block's list is its share of the round's, times this (room for blocks holding more than their share of the best rows). */
+const BLOCK_MARGIN = 1.5;
 /** Each further round takes this many times more candidates. */
 const WIDEN_FACTOR = 8;
 /** At or below this pass share, the passing rows alone are scored (gathering and scoring one f32 row costs about 16 int8 rows' scan). */
@@ -229,23 +233,22 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
   }
   scoring.flush();
 
-  // A second native round costs a whole scan, a longer first list only a bigger heap (~50 ns a candidate): four times the usual depth.
-  let wanted = Math.ceil(Math.max(memory.depth * 4, 4 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
+  // A longer first list costs usearch ~0.1–0.3 µs a candidate (its heap), a short one a rescan of the blocks that ran short: twice the usual depth.
+  let wanted = Math.ceil(Math.max(memory.depth * DEPTH_MARGIN, 2 * k, FIRST_CANDIDATES) / Math.max(share, FILTERED_SCAN_SHARE));
   let examined = 0;
   let pruned = false;
+  let closedByBound = false;
   let seen: Uint8Array | undefined;
   const firstRound: number[] = [];
   let batch = Math.min(Math.max(FIRST_BATCH_ROWS, k + 4), BATCH_ROWS);
+  // Blocks whose unreturned rows may still reach the bar: every block with rows at first, then only those that ran short.
+  let open = chunkList.filter((c) => rowsIn(c) > 0);
   for (;;) {
-    const lists: { keys: Uint32Array | number[]; distances: Float32Array; start: number; take: number }[] = [];
-    let total = 0;
-    let unscannedTop = -Infinity; // best approximate score a row no block returned can have
-    let allScanned = true;
-    for (const c of chunkList) {
+    const lists: { keys: Uint32Array | number[]; distances: Float32Array; start: number; take: number; block: number; rest: number }[] = [];
+    for (const c of open) {
       const rowsHere = rowsIn(c);
-      if (rowsHere === 0) continue;
-      // Each block's share of the list (usearch's cost grows with it), with room for uneven blocks: a block that runs short sends the search to another round.
-      const take = Math.min(rowsHere, Math.max(2 * k + 8, Math.ceil((2 * wanted * rowsHere) / scanned)));
+      // Each block's share of the list (usearch's cost grows with it), with room for uneven blocks: a block that runs short is scanned again, alone.
+      const take = Math.min(rowsHere, Math.max(k + 8, Math.ceil((BLOCK_MARGIN * wanted * rowsHere) / scanned)));
       const start = s.chunkStarts[c]!;
       yield (rowsHere * dim) / SCAN_BYTES_PER_MS; // the scan is one step: start it in a fresh slice if it would not fit
       const m = scan(s.chunks[c]!, rowsHere, codes, dim, take);
@@ -264,21 +267,19 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
           break;
         }
       }
-      lists.push({ keys, distances: dists, start, take });
-      total += take;
+      // The best approximate score a row this scan did not return can have (none when it returned them all).
+      let rest = -Infinity;
       if (take < rowsHere) {
-        allScanned = false;
         let last = -Infinity; // (usearch sorts its list; the largest is taken anyway)
         for (let x = 0; x < take; x++) if (m.distances[x]! > last) last = m.distances[x]!;
-        unscannedTop = Math.max(unscannedTop, base + t * (1 - last));
+        rest = base + t * (1 - last);
       }
+      lists.push({ keys, distances: dists, start, take, block: c, rest });
       yield;
     }
-    // The blocks' lists merged best first, so the walk below can stop at the first row that cannot matter.
-    const candidates = new Int32Array(total);
-    const distances = new Float64Array(total);
+    // The blocks' lists walked merged best first (merged as walked), so the walk can stop at the first row that cannot matter.
     const heads = new Int32Array(lists.length);
-    for (let o = 0; o < total; o++) {
+    for (;;) {
       let best = -1;
       let bestD = Infinity;
       for (let l = 0; l < lists.length; l++) {
@@ -288,16 +289,12 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
           bestD = lists[l]!.distances[h]!;
         }
       }
+      if (best < 0) break;
       const list = lists[best]!;
-      const h = heads[best]!++;
-      candidates[o] = list.keys[2 * h]! + list.start;
-      distances[o] = bestD;
-    }
-    let x = 0;
-    for (; x < candidates.length; x++) {
-      const row = candidates[x]!;
+      const row = list.keys[2 * heads[best]!++]! + list.start;
+      examined++;
       if (exceptional[row] === 1 || (seen && seen[row] === 1)) continue;
-      const approx = base + t * (1 - distances[x]!);
+      const approx = base + t * (1 - bestD);
       const bar = scoring.bar();
       if (clamp(approx + globalBound) < bar) {
         pruned = true;
@@ -318,16 +315,24 @@ export function* topKSteps(rows: Int8Rows, memory: TopKMemory, req: TopKRequest)
       }
     }
     scoring.flush();
-    examined += x;
-    if (allScanned || clamp(unscannedTop + globalBound) < scoring.bar()) {
+    // A block is done when it returned every row, or when no row it did not return can reach the bar (which only rises from here).
+    const bar = scoring.bar();
+    const next: number[] = [];
+    for (const l of lists) {
+      if (l.rest === -Infinity) continue;
+      if (clamp(l.rest + globalBound) < bar) closedByBound = true;
+      else next.push(l.block);
+    }
+    if (next.length === 0) {
       memory.depth = 0.8 * memory.depth + 0.2 * Math.min(examined * share, rows.chunkRows);
-      if (allScanned && !pruned) result.path = 'exhaustive';
+      if (!closedByBound && !pruned) result.path = 'exhaustive';
       return yield* finish(scoring, req, result);
     }
     if (!seen) {
       seen = new Uint8Array(n);
       for (const row of firstRound) seen[row] = 1;
     }
+    open = next;
     wanted *= WIDEN_FACTOR;
   }
 }

@@ -6,6 +6,7 @@ import {
   PGVECTOR_AVX2_FMA,
   PGVECTOR_SEQUENTIAL,
   pgvectorDistance,
+  pgvectorDot,
   pgvectorError,
   probeVectors,
 } from '../../../../src/cache/hot/int8/pgvector-distance.js';
@@ -106,6 +107,22 @@ describe('pgvector distance, reproduced', () => {
     expect(fmaF32(a, b, 1)).toBe(Math.fround(1 + 2 ** -23));
     expect(Math.fround(a * b + 1)).not.toBe(fmaF32(a, b, 1)); // what double-then-float rounding would give
     check(a, b, 1);
+  });
+
+  it('takes the midpoint branch inside pgvectorDot’s 8-lane loop and its 4-lane and 1-lane tails', () => {
+    // The midpoint pair above, landing on a lane (or the tail sum) that already holds 1: each must round up once.
+    const a = 641 * 2 ** -28;
+    const b = 6700417 * 2 ** -28;
+    for (const [n, first, second] of [[16, 0, 8], [16, 5, 13], [12, 2, 10], [11, 0, 10]] as const) {
+      const x = new Float32Array(n);
+      const y = new Float32Array(n);
+      x[first] = 1;
+      y[first] = 1;
+      x[second] = a;
+      y[second] = b;
+      // 1 + 2^-23 when the pair fuses onto the 1 (as pgvector's FMA does); 1 when double-then-float rounding creeps in.
+      expect(pgvectorDot(x, y, PGVECTOR_AVX2_FMA)).toBe(Math.fround(1 + 2 ** -23));
+    }
   });
 
   it('bounds |pgvector − true cosine| by pgvectorError on the server’s own answers', async () => {

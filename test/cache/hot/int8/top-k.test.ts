@@ -157,6 +157,24 @@ describe('topK', () => {
     expect(f.ids_(narrow.hits)).toEqual(f.reference(q, 10, -Infinity, inFew));
   });
 
+  it('widens only the blocks that ran short: the others close on their own bound, and the answer still needs every crowded row', () => {
+    // 8 blocks of 500 rows; block 3 holds 400 rows the int8 bound cannot tell apart, near the query: its first list (about 100 rows) cannot settle a top-100.
+    const dim = 64;
+    const next = random(21);
+    const base = unit(Array.from({ length: dim }, () => next() * 2 - 1));
+    const vectors = Array.from({ length: 4000 }, (_, i) =>
+      i >= 1500 && i < 1900 ? Float32Array.from(base, (x) => x * (1 + 2e-3 * (next() - 0.5))) : unit(Array.from({ length: dim }, () => next() * 2 - 1)),
+    );
+    const f = new Fixture(dim, vectors, 500 * dim);
+    const blocks = f.rows.state.chunks.length;
+    expect(blocks).toBe(8);
+    const res = f.search(base, 100);
+    expect(f.ids_(res.hits)).toEqual(f.reference(base, 100));
+    expect(res.path).toBe('bound');
+    expect(res.scans).toBeGreaterThan(blocks); // a second round ran…
+    expect(res.scans).toBeLessThan(2 * blocks); // …over the crowded block alone
+  });
+
   it('stays exact with the native kernels distrusted', () => {
     const dim = 96;
     const { vectors, base } = crowded(dim, 13);
