@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { EntityShape } from '../contract/shape.js';
-import { lookupKey, valueKeys } from './keys.js';
+import { keyText, lookupKey, valueKeys } from './keys.js';
 
 const MISSING = Symbol('missing');
 type Slot<V> = V | typeof MISSING;
@@ -71,8 +71,11 @@ export class EntityCache<V extends object> {
   private readonly loads = new Map<string, Promise<V | null>>();
   private readonly fills = new Set<Fill>();
   private readonly counts = { hits: 0, misses: 0, evictions: 0, invalidated: 0, abortedFills: 0, flushes: 0 };
+  /** Per lookup, each field's canonicalization, fixed at construction (the hit path). */
+  private readonly canons: ('lower' | 'trimEnd' | undefined)[][];
 
   constructor(private readonly options: EntityCacheOptions<V>) {
+    this.canons = options.shape.lookups.map((l) => l.fields.map((f) => options.canon?.(f)));
     this.lru = new LRUCache<string, Entry<V>>({
       max: options.max,
       ttl: options.ttlMs,
@@ -88,9 +91,31 @@ export class EntityCache<V extends object> {
   }
 
   /** The value's cache key: the lookup's fields and values. */
+  /**
+   * The LRU's key for a lookup. The id's value alone, as short as a raw
+   * cache's key, so a hit costs one hash of it; every other lookup (and an id
+   * starting with \u0001) is `\u0001<index>\u0001<values>`, which no plain id
+   * key can equal. '' when a value is null.
+   */
   private cacheKey(index: number, values: readonly unknown[]): string {
-    const l = this.options.shape.lookups[index]!;
-    return lookupKey(this.options.shape.root.model, l.fields, values, this.options.canon) ?? '';
+    const canons = this.canons[index]!;
+    if (index === 0 && canons.length === 1) {
+      const t = keyText(values[0], canons[0]);
+      if (t === null) return '';
+      if (t.charCodeAt(0) !== 1) return t;
+    }
+    const texts: string[] = [];
+    for (let i = 0; i < canons.length; i++) {
+      const t = keyText(values[i], canons[i]);
+      if (t === null) return '';
+      texts.push(t);
+    }
+    return `\u0001${index}\u0001${texts.join('\u0000')}`;
+  }
+
+  /** What a change names when it creates or changes the looked-up row (keys.ts): a cached "none" depends on it. */
+  private lookupDependency(index: number, values: readonly unknown[]): string | null {
+    return lookupKey(this.options.shape.root.model, this.options.shape.lookups[index]!.fields, values, this.options.canon);
   }
 
   /** Synchronous hit path: the value (null for a cached "none"), or undefined when only get() can answer. */
@@ -128,7 +153,8 @@ export class EntityCache<V extends object> {
         this.fills.delete(fill);
       }
       const keys = value ? valueKeys(this.options.shape, value) : new Set<string>();
-      keys.add(ck);
+      const own = this.lookupDependency(index, values);
+      if (own !== null) keys.add(own);
       if (!fill.all && ![...keys].some((k) => fill.changed.has(k))) {
         const frozen = value && freeze(value);
         this.lru.set(ck, { value: frozen ?? MISSING, keys: [...keys] }, value ? {} : { ttl: this.options.negativeTtlMs });

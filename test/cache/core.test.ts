@@ -236,6 +236,15 @@ describe('CacheCore.apply: one change, one rule', () => {
     core.apply(ev('Personality', 'INSERT', ['id', 'name'], [['p4', 'newcomer']]));
     expect(core.peekEntity('personality', 1, ['newcomer'])).toBeUndefined();
     expect(await core.getEntity('personality', 1, ['newcomer'])).toMatchObject({ id: 'p4' });
+    // By id too (the hit path keys ids by their bare text), and a name that looks like an internal key.
+    expect(await core.getEntity('personality', 0, ['p5'])).toBeNull();
+    expect(await core.getEntity('personality', 1, ['\u00010\u0001p5'])).toBeNull();
+    db.personalities.set('p5', { id: 'p5', name: '\u00010\u0001p5' });
+    core.apply(ev('Personality', 'INSERT', ['id', 'name'], [['p5', '\u00010\u0001p5']]));
+    expect(core.peekEntity('personality', 0, ['p5'])).toBeUndefined();
+    expect(core.peekEntity('personality', 1, ['\u00010\u0001p5'])).toBeUndefined();
+    expect(await core.getEntity('personality', 0, ['p5'])).toMatchObject({ id: 'p5' });
+    expect(await core.getEntity('personality', 1, ['\u00010\u0001p5'])).toMatchObject({ id: 'p5' });
   });
 
   it('past maxEvictions one change drops the whole entity kind, and says so', async () => {
