@@ -376,7 +376,7 @@ function previousKernel(set: SetData): SearchCallback {
 }
 
 /** Longest wall-clock gap between two turns of the event loop while `work` runs (a setImmediate ticker). */
-async function longestGap(work: () => Promise<void>): Promise<number> {
+export async function longestGap(work: () => Promise<void>): Promise<number> {
   let last = now();
   let longest = 0;
   let running = true;

@@ -6,7 +6,6 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import pg from 'pg';
@@ -20,7 +19,7 @@ import { DEFAULT_MIGRATIONS_DIR, DEFAULT_SCHEMA_PATH, PACKAGE_ROOT } from '../sr
 import { nativeKernelsFit } from '../src/cache/hot/int8/kernel-fit.js';
 import { busLag } from './bus-lag.js';
 import { benchReplication } from './replication.js';
-import { runHotSearchBench } from './hot-search.js';
+import { longestGap, runHotSearchBench } from './hot-search.js';
 import { benchEmbedded } from './embedded.js';
 import { benchCollections } from './collections.js';
 import { EMBEDDING_DIMENSION, parseEmbedding } from '../src/embedding.js';
@@ -248,15 +247,17 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
   const hot: number[] = [];
   const sql: number[] = [];
   const before = client.stats().hotSearches;
-  // Longest stretch the event loop could not run other work during hot searches.
-  const blocked = monitorEventLoopDelay({ resolution: 1 });
+  // Longest stretch the event loop could not run other work during hot searches
+  // (a setImmediate ticker: a histogram disabled between searches counts the SQL's time too).
+  let maxBlock = 0;
   for (let i = 0; i < iters; i++) {
     const q = queries[i % queries.length]!;
-    blocked.enable();
     let t = now();
-    await client.findSimilarMemories({ personalityId: pid, embedding: q, limit: 10 });
+    const gap = await longestGap(async () => {
+      await client.findSimilarMemories({ personalityId: pid, embedding: q, limit: 10 });
+    });
     hot.push(now() - t);
-    blocked.disable();
+    if (gap > maxBlock) maxBlock = gap;
     t = now();
     // The miss path's SQL, same pool, same session settings.
     await searchMemories(client.pool, { personalityId: pid, embedding: parseEmbedding(q), limit: 10 });
@@ -276,11 +277,10 @@ async function search(client: MemorySync, pid: string, size: number, goal: strin
     detail: { hotP99: round(pct(hot, 99)), sqlP99: round(pct(sql, 99)), speedup: round(base / p50, 1) },
   });
   if (size > 1000) {
-    const maxBlock = blocked.max / 1e6 - 1; // the histogram counts the 1 ms resolution timer itself
     figures.push({
       figure: `event-loop block during a ${size.toLocaleString('en')}-vector search (max)`,
       unit: 'ms',
-      value: round(Math.max(0, maxBlock), 2),
+      value: round(maxBlock, 2),
       goal: '≤ 2 ms',
       met: maxBlock <= 2,
     });
