@@ -699,6 +699,8 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
    * commit queued at the time, so a burst costs one round trip; in order, so
    * barriers and markers still follow the changes before them.
    */
+  private lastSnapshotAt = 0;
+
   private enqueue(item: Queued): void {
     this.queue.push(item);
     if (!this.gating) void this.gate();
@@ -720,6 +722,10 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
         }
         let snapshot: { xmax: bigint; xip: Set<bigint> };
         try {
+          // At most one snapshot a millisecond: under a write load each one takes ProcArrayLock, which every commit needs too.
+          const since = performance.now() - this.lastSnapshotAt;
+          if (since < 1) await new Promise((r) => setTimeout(r, 1));
+          this.lastSnapshotAt = performance.now();
           const { rows } = await this.control().query<{ s: string }>('SELECT pg_current_snapshot()::text AS s');
           snapshot = parseSnapshot(rows[0]!.s);
         } catch (err) {
