@@ -342,7 +342,7 @@ export class CacheCore extends EventEmitter<CacheCoreEvents> {
     const sets = this.collections.get(collection);
     if (!sets) return { status: 'miss', reason: 'disabled' };
     if (!this._serving) return { status: 'miss', reason: 'not-serving' };
-    const results = await sets.search(partition, q);
+    const results = await sets.searchPartition(partition, q);
     if (!results) return { status: 'miss', reason: sets.isServable(partition) ? 'changed' : 'not-hot' };
     this.counters.hotSearches++;
     return { status: 'hit', results };

@@ -157,7 +157,7 @@ export class HotSets extends EventEmitter<{
    * Exact top-k from the partition's set when it is current, else null (ask
    * pgvector). A miss starts a background load: the caller never waits for it.
    */
-  async search(partition: readonly string[], q: HotQuery): Promise<HotHit[] | null> {
+  async searchPartition(partition: readonly string[], q: HotQuery): Promise<HotHit[] | null> {
     const key = this.key(partition);
     if (key === null) return null;
     const entry = this.current(key, partition);

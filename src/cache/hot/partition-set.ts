@@ -92,9 +92,11 @@ export function compareNumericIds(a: string, b: string): number {
  * cannot be sure (changed meanwhile, not built yet) so the caller asks
  * pgvector.
  *
- * Layers: this set's `search` selects the rows a `where` passes (filters.ts),
- * the kernel's `topK` (int8/top-k.ts) proves the top-k from int8 codes and
- * rescoring, and the native `scan` (usearch) reads the codes. Rows whose
+ * Layers, one name each: the core's `search` (cache/core.ts) asks
+ * `HotSets.searchPartition`, which finds the current set; this set's
+ * `search` selects the rows a `where` passes (filters.ts); the kernel's
+ * `topKSteps` (int8/top-k.ts) proves the top-k from int8 codes and
+ * rescoring; the native `scan` (usearch) reads the codes. Rows whose
  * stored vector fails the norm rule (`searchable`) are kept, so writes and
  * deletes find them, and never returned.
  */
