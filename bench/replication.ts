@@ -6,7 +6,7 @@
  *   transaction, into (a) an uncaptured twin table (same columns, indexes and
  *   foreign key; nothing attached): the baseline, run before and after;
  *   (b) `memories` with memory-sync attached in replication mode, no
- *   triggers; (c) `memories` with today's triggers (sql/010_notify.sql) and
+ *   triggers; (c) `memories` with the generated triggers (triggerScript) and
  *   a LISTEN memory-sync attached. Goal: (b) ≥ 0.9× (a).
  * - Commit → eviction (from sending the committing UPDATE of a cached
  *   personality to the cache core's eviction), p50/p99, at rest and while
