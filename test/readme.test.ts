@@ -1,9 +1,9 @@
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BOT_DIR, botPrismaModule } from './helpers/bot.js';
 import { ROOT } from './helpers/db.js';
+import { compileSnippet } from './helpers/tsc.js';
 
 // The README's bot snippet must compile under `tsc --strict` against the package's types.
 const dir = join(ROOT, '.tmp', `readme-${process.pid}`);
@@ -20,38 +20,7 @@ function block(heading: string): string {
 }
 const botSnippet = () => block('From a bot');
 
-function compile(code: string): string {
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
-  writeFileSync(join(dir, 'bot.ts'), code);
-  writeFileSync(
-    join(dir, 'tsconfig.json'),
-    JSON.stringify({
-      compilerOptions: {
-        strict: true,
-        noEmit: true,
-        target: 'ES2022',
-        module: 'NodeNext',
-        moduleResolution: 'NodeNext',
-        types: ['node'],
-        typeRoots: [join(ROOT, 'node_modules', '@types')],
-        // On: src/ includes the implementation, whose imports of PGlite need
-        // @types/emscripten. The packed declarations are compiled with
-        // skipLibCheck off in test/adoption/packed-types.test.ts.
-        skipLibCheck: true,
-        // `memory-sync` as a dependent project sees it: the package's own entry point.
-        paths: { 'memory-sync': [join(ROOT, 'src', 'index.ts')] },
-      },
-      files: ['bot.ts'],
-    }),
-  );
-  try {
-    execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { encoding: 'utf8', stdio: 'pipe' });
-    return '';
-  } catch (err) {
-    return String((err as { stdout?: string }).stdout ?? err);
-  }
-}
+const compile = (code: string) => compileSnippet(dir, code);
 
 describe('README', () => {
   it('the bot snippet is at most 10 lines and compiles with tsc --strict', () => {

@@ -1,11 +1,10 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { ChangeEvent } from '../contract/change-event.js';
-import type { CollectionShape, EntityShape, WatchShape } from '../contract/shape.js';
+import type { EntityShape, WatchShape } from '../contract/shape.js';
 import type { ChangeSource, UpInfo } from '../sources/source.js';
-import { EntityCache, type EntityCacheStats } from './entities.js';
-import { HotSets, type HotHit, type HotQuery, type HotSetStats, type PartitionStore } from './hot/hot-sets.js';
-import type { PgvectorArithmetic } from './hot/int8/pgvector-distance.js';
+import { EntityCache, type EntityCacheOptions, type EntityCacheStats } from './entities.js';
+import { HotSets, type HotHit, type HotQuery, type HotSetStats, type HotSetsOptions } from './hot/hot-sets.js';
 import { eventKeys, partitionKey } from './keys.js';
 
 /** What a change event did to the caches. */
@@ -40,28 +39,11 @@ export interface CacheCoreEvents {
   wrongDimension: [collection: string, id: string, dimension: number];
 }
 
-export interface EntityOptions<V> {
-  shape: EntityShape;
-  max: number;
-  ttlMs: number;
-  negativeTtlMs: number;
-  maxEvictions: number;
-  /** Reads one value (lookup index, values); called on a miss and, uncached, while the source is down. */
-  load: (index: number, values: readonly unknown[]) => Promise<V | null>;
-  canon?: (field: string) => 'lower' | 'trimEnd' | undefined;
-}
+/** One declared entity: its cache's options (entities.ts); `load` is also called, uncached, while the source is down. */
+export type EntityOptions<V extends object> = EntityCacheOptions<V>;
 
-export interface CollectionOptions {
-  shape: CollectionShape;
-  store: PartitionStore;
-  maxBytes: number;
-  maxVectorsPerSet: number;
-  tooLargeTtlMs: number;
-  canon?: readonly ('lower' | 'trimEnd' | undefined)[];
-  idOrder: 'text' | 'numeric';
-  /** pgvector's arithmetic as probed on the server (hot-sets.ts); null: unknown. */
-  arithmetic: PgvectorArithmetic | null;
-}
+/** One declared collection: its hot sets' options (hot-sets.ts), less what the core supplies (the logger, test hooks). */
+export type CollectionOptions = Omit<HotSetsOptions, 'logger' | 'beforePublish'>;
 
 export interface CacheCoreOptions {
   logger: Logger;

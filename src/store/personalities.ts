@@ -1,4 +1,5 @@
 import type { Database, Queryable } from '../backend/queryable.js';
+import type { PersonalityWithConfig } from '../contract/client.js';
 import { ConflictError } from '../contract/errors.js';
 import type { Binding, ModelBinding } from '../schema/binding.js';
 import { BUILTIN } from '../schema/builtin.js';
@@ -11,32 +12,8 @@ import { ident, model, table } from './sql.js';
  * built-in binding: the columns come from it, as for every other statement.
  */
 
-/** An LLM config, as Prisma returns `LlmConfig`. */
-export interface LlmConfigRecord {
-  id: string;
-  personalityId: string;
-  model: string;
-  temperature: number;
-  maxTokens: number;
-  createdAt: Date;
-  updatedAt: Date;
-}
-
-/**
- * A personality with its config: what Prisma's
- * `personality.findUnique({ where: { id }, include: { llmConfig: true } })`
- * returns, without Prisma (the embedded backend has none).
- */
-export interface PersonalityRecord {
-  id: string;
-  name: string;
-  displayName: string;
-  systemPrompt: string;
-  isActive: boolean;
-  createdAt: Date;
-  updatedAt: Date;
-  llmConfig: LlmConfigRecord | null;
-}
+/** A personality with its config, as Prisma's findUnique with `include: { llmConfig: true }` returns it (the client contract's type). */
+export type PersonalityRecord = PersonalityWithConfig;
 
 const c = (m: ModelBinding, field: string) => ident(m.fields.get(field)!.column);
 

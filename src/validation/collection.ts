@@ -18,18 +18,6 @@ export type Condition =
   | { notIn: ScalarValue[] }
   | { lt?: ScalarValue; lte?: ScalarValue; gt?: ScalarValue; gte?: ScalarValue };
 
-export interface CollectionSearchInput {
-  /** Every partitionBy field, each with one value. */
-  partition: Record<string, string | number>;
-  /** Declared filter fields: a value (equality; null: IS NULL), `{ in }`, `{ notIn }`, or `{ lt, lte, gt, gte }`. */
-  where?: Record<string, unknown>;
-  embedding: number[] | Float32Array;
-  /** 1 to 100. @defaultValue 5 */
-  limit?: number;
-  /** -1 to 1: rows below it are left out. */
-  minSimilarity?: number;
-}
-
 export interface ParsedSearch {
   /** Partition values' texts, in partitionBy order. */
   partition: string[];

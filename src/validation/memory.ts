@@ -4,23 +4,7 @@ import { ValidationError } from '../contract/errors.js';
 import { parseInput } from './parse.js';
 import { uuidInput } from '../contract/primitives.js';
 
-/** What findSimilarMemories() and POST /v1/memories/search take. */
-export interface SearchInput {
-  personalityId: string;
-  channelId?: string;
-  embedding: number[] | Float32Array;
-  limit?: number;
-  minSimilarity?: number;
-}
-
-/** What storeMemory() and POST /v1/memories take. */
-export interface StoreInput {
-  personalityId: string;
-  channelId: string;
-  content: string;
-  embedding: number[] | Float32Array;
-  metadata?: Record<string, unknown> | null;
-}
+// The input types (SearchInput, StoreInput) are the client contract's: src/contract/client.ts.
 
 export const MAX_LIMIT = 100;
 const MAX_CONTENT = 100_000;

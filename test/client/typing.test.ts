@@ -1,9 +1,9 @@
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BOT_DIR, botPrismaModule } from '../helpers/bot.js';
 import { ROOT } from '../helpers/db.js';
+import { compileSnippet } from '../helpers/tsc.js';
 
 /*
  * The library typed from a TypeScript declaration: entity and collection
@@ -15,34 +15,7 @@ import { ROOT } from '../helpers/db.js';
 const dir = join(ROOT, '.tmp', `typing-${process.pid}`);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function compile(code: string): string {
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
-  writeFileSync(join(dir, 'bot.ts'), code);
-  writeFileSync(
-    join(dir, 'tsconfig.json'),
-    JSON.stringify({
-      compilerOptions: {
-        strict: true,
-        noEmit: true,
-        target: 'ES2022',
-        module: 'NodeNext',
-        moduleResolution: 'NodeNext',
-        types: ['node'],
-        typeRoots: [join(ROOT, 'node_modules', '@types')],
-        skipLibCheck: true,
-        paths: { 'memory-sync': [join(ROOT, 'src', 'index.ts')] },
-      },
-      files: ['bot.ts'],
-    }),
-  );
-  try {
-    execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { encoding: 'utf8', stdio: 'pipe' });
-    return '';
-  } catch (err) {
-    return String((err as { stdout?: string }).stdout ?? err);
-  }
-}
+const compile = (code: string) => compileSnippet(dir, code);
 
 describe('a TypeScript declaration types the library', () => {
   it('entity values are Prisma payloads of the declared include and omit; undeclared names do not compile', { timeout: 120_000 }, async () => {

@@ -10,6 +10,7 @@ import { adoptDeclaration, type AdoptDeclarationResult } from '../../src/capture
 import { migrate } from '../../src/migrations/migrate.js';
 import { loadDeclarationFile, type LoadedDeclaration } from '../../src/schema/load.js';
 import { createDatabase, ROOT, type TestDb } from './db.js';
+import { random } from './random.js';
 
 /*
  * The test bot (test/fixtures/bot): a schema of its own, its own migrations
@@ -73,13 +74,7 @@ export async function botPrisma(pool: pg.Pool): Promise<BotPrisma> {
 
 /** Deterministic pseudo-random numbers, so a failing fuzz run reproduces from its seed. */
 export function rng(seed: number): { next(): number; int(n: number): number; pick<T>(xs: readonly T[]): T; chance(p: number): boolean } {
-  let s = seed >>> 0 || 1;
-  const next = () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 0x100000000;
-  };
+  const next = random(seed);
   return { next, int: (n) => Math.floor(next() * n), pick: (xs) => xs[Math.floor(next() * xs.length)]!, chance: (p) => next() < p };
 }
 

@@ -1,15 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { compareCodePoints, FilterColumns, type FilterValue, type WhereClause } from '../../../src/cache/hot/filters.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
+import { random } from '../../helpers/random.js';
 
 /** SQL semantics, written out plainly: the reference for every predicate. */
 function passes(values: FilterValue[], where: readonly WhereClause[]): boolean {

@@ -4,6 +4,7 @@ import { PartitionSet, type HotHit, type HotQuery, type HotRow, type PartitionSe
 import { PGVECTOR_SEQUENTIAL } from '../../../src/cache/hot/int8/pgvector-distance.js';
 import { searchable, NORM_SQRT_MAX, NORM_SQRT_MIN } from '../../../src/embedding.js';
 import { connect, createDatabase, type TestDb } from '../../helpers/db.js';
+import { random } from '../../helpers/random.js';
 
 /**
  * The hot answer equals pgvector's exact answer (a sequential scan, no
@@ -28,17 +29,6 @@ afterAll(async () => {
   await sql?.end();
   await db?.drop();
 });
-
-/** xorshift32, so a failure reproduces. */
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(next: () => number): number {
   let u = 0;

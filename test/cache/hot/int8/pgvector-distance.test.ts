@@ -11,6 +11,7 @@ import {
   probeVectors,
 } from '../../../../src/cache/hot/int8/pgvector-distance.js';
 import { connect, createDatabase, type TestDb } from '../../../helpers/db.js';
+import { random } from '../../../helpers/random.js';
 
 let db: TestDb;
 let sql: pg.Client;
@@ -25,16 +26,6 @@ afterAll(async () => {
   await sql?.end();
   await db?.drop();
 });
-
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 const literal = (v: Float32Array) => `[${Array.from(v).join(',')}]`;
 

@@ -4,6 +4,7 @@ import { runToEnd } from '../../../../src/cache/hot/int8/slicing.js';
 import { newTopKMemory, topKSteps, type TopKRequest } from '../../../../src/cache/hot/int8/top-k.js';
 import { PGVECTOR_AVX2_FMA, pgvectorDistance } from '../../../../src/cache/hot/int8/pgvector-distance.js';
 import { compareCodePoints } from '../../../../src/cache/hot/filters.js';
+import { random } from '../../../helpers/random.js';
 
 /**
  * The kernel's proof, on its own: answers equal a brute-force scan in
@@ -11,16 +12,6 @@ import { compareCodePoints } from '../../../../src/cache/hot/filters.js';
  * pgvector-distance.test.ts), and the tests are sharp enough that a bound
  * made too tight is caught.
  */
-
-function random(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
 
 function unit(v: ArrayLike<number>): Float32Array {
   let s = 0;
