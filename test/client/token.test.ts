@@ -110,6 +110,7 @@ describe('createSidecarClient({ token })', () => {
     const c = client({ token: READ, localCache: {} });
     const core = c.localCache!;
     if (!core.serving) await once(core, 'up');
+    await c.sync(); // the INSERT's own event, which evicts the id, is in before the fill
     expect((await c.getPersonality(pid))?.displayName).toBe('tok-cache');
     expect((core.peekEntity('personality', 0, [pid]) as { displayName?: string; name?: string } | null | undefined)?.displayName).toBe('tok-cache'); // cached in this process
     const invalidated = once(core, 'invalidation');
@@ -156,6 +157,7 @@ describe('a token rotated under a running local cache', () => {
       const pid = await insertPersonality(w, 'rotated');
       const core = c.localCache!;
       if (!core.serving) await once(core, 'up');
+      await c.sync(); // the INSERT's own event, which evicts the id, is in before the fill
       await c.getPersonality(pid);
       expect((core.peekEntity('personality', 0, [pid]) as { displayName?: string; name?: string } | null | undefined)?.name).toBe('rotated');
 

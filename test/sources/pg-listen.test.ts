@@ -92,6 +92,7 @@ describe('listener', () => {
     ];
 
     const id = await insertPersonality(t.writer, 'after-bad');
+    await c.sync(); // the INSERT's own event, which evicts the id, is in before the fill
     await c.getPersonality(id);
     expect(c.peekPersonality(id)?.displayName).toBe('after-bad');
     for (const p of foreign) await t.writer.query(`SELECT pg_notify('memory_sync', $1)`, [p]);
@@ -122,6 +123,7 @@ describe('listener', () => {
   it('listens on memory_sync only: a payload on 0.1\'s cache_invalidation channel reaches nobody', async () => {
     const c = await client();
     const id = await insertPersonality(t.writer, 'old-channel');
+    await c.sync(); // the INSERT's own event, which evicts the id, is in before the fill
     await c.getPersonality(id);
     const stale = JSON.stringify(v2({ rows: [[id]] }));
     await t.writer.query(`SELECT pg_notify('cache_invalidation', $1)`, [stale]);
