@@ -9,14 +9,19 @@ PG_MAJOR="${PG_MAJOR:-15}"
 SHAREDIR="$(/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config --sharedir 2>/dev/null || echo /usr/share/postgresql/"$PG_MAJOR")"
 PKGLIBDIR="$(/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config --pkglibdir 2>/dev/null || echo /usr/lib/postgresql/"$PG_MAJOR"/lib)"
 
+WORK="${PGVECTOR_WORKDIR:-/tmp/memory-sync-pgvector}"
+# Written beside vector.so by this script: a build of ours without it used the Makefile's -march=native.
+MARK="$PKGLIBDIR/vector.memory-sync-portable"
 if [ -f "$SHAREDIR/extension/vector.control" ] && [ -f "$PKGLIBDIR/vector.so" ]; then
-  echo "pgvector: already installed ($(grep default_version "$SHAREDIR/extension/vector.control"))"
-  exit 0
+  if [ -f "$MARK" ] || ! ls -d "$WORK"/src/pgvector-*/ >/dev/null 2>&1 || [ -n "${PGVECTOR_KEEP:-}" ]; then
+    echo "pgvector: already installed ($(grep default_version "$SHAREDIR/extension/vector.control"))"
+    exit 0
+  fi
+  echo "pgvector: rebuilding an earlier build of this script (-march=native) as the portable build"
 fi
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-WORK="${PGVECTOR_WORKDIR:-/tmp/memory-sync-pgvector}"
 mkdir -p "$WORK/lists/partial" "$WORK/src"
 echo "deb-src http://deb.debian.org/debian trixie main" > "$WORK/sources.list"
 APT_OPTS=(-o Dir::Etc::SourceList="$WORK/sources.list" -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists="$WORK/lists")
@@ -35,6 +40,12 @@ if ! ls -d pgvector-*/ >/dev/null 2>&1; then
   }
 fi
 cd "$(ls -d pgvector-*/ | head -n1)"
-make -s PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config >/dev/null
-$SUDO make -s PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config install >/dev/null
+# The portable build (OPTFLAGS=""), as distribution packages and pgvector's Docker image make it: its
+# distance loop dispatches to the same `fma` clone on every x86-64 CPU with FMA, so `<=>` sums in one
+# order whatever CPU this runs on. The Makefile's default, -march=native, sums in 16 lanes on an AVX-512
+# CPU and in 8 elsewhere; memory-sync detects either, but the tests compare bits with one order.
+make -s clean >/dev/null 2>&1 || true
+make -s OPTFLAGS="" PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config >/dev/null
+$SUDO make -s OPTFLAGS="" PG_CONFIG=/usr/lib/postgresql/"$PG_MAJOR"/bin/pg_config install >/dev/null
+echo "OPTFLAGS=\"\" $(date -u +%FT%TZ)" | $SUDO tee "$MARK" >/dev/null
 echo "pgvector: installed $(grep default_version "$SHAREDIR/extension/vector.control")"

@@ -55,7 +55,7 @@ export interface PartitionSetOptions {
    * check it once with `probeVectors` / `matchesPgvector`). null: unknown —
    * searches then return null whenever the answer rests on a difference
    * pgvector's rounding could reverse.
-   * @defaultValue PGVECTOR_AVX2_FMA — x86-64 builds with -march=native on AVX2 + FMA, as on this project's machines.
+   * @defaultValue PGVECTOR_AVX2_FMA — the portable x86-64 build (distribution packages, pgvector's Docker image) on any CPU with FMA.
    */
   arithmetic?: PgvectorArithmetic | null;
   /** @internal Bytes per native block (tests use small blocks). @defaultValue CHUNK_BYTES (16 MiB) */

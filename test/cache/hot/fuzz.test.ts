@@ -12,7 +12,9 @@ import {
   type PartitionSetSpec,
 } from '../../../src/cache/hot/partition-set.js';
 import {
+  KNOWN_ARITHMETIC,
   PGVECTOR_AVX2_FMA,
+  PGVECTOR_AVX512_FMA,
   PGVECTOR_SEQUENTIAL,
   pgvectorDistanceFromSums,
   pgvectorDot,
@@ -21,6 +23,7 @@ import {
 } from '../../../src/cache/hot/int8/pgvector-distance.js';
 import { NORM_SQRT_MAX, NORM_SQRT_MIN, searchable } from '../../../src/embedding.js';
 import { connect, createDatabase, type TestDb } from '../../helpers/db.js';
+import { serverArithmetic } from '../../helpers/arithmetic.js';
 
 /**
  * Seeded, adversarial differential fuzzing of PartitionSet against a brute
@@ -381,7 +384,8 @@ function configure(rng: Rng): CaseConfig {
     kind: rng.chance(0.5) ? 'text' : 'number',
   }));
   const arithmetic = rng.weighted<PgvectorArithmetic | null>([
-    [6, PGVECTOR_AVX2_FMA],
+    [5, PGVECTOR_AVX2_FMA],
+    [2, PGVECTOR_AVX512_FMA],
     [1, PGVECTOR_SEQUENTIAL],
     [2, null],
   ]);
@@ -403,6 +407,8 @@ interface Tally {
 interface Server {
   sql: pg.Client;
   tables: number;
+  /** The arithmetic of this server's pgvector: a set told another is not compared with it. */
+  arithmetic: PgvectorArithmetic;
 }
 
 class Case {
@@ -612,7 +618,7 @@ class Case {
     const rng = this.rng;
     const q = this.query();
     const arithmetic = this.config.arithmetic;
-    const refs = (arithmetic ? [arithmetic] : [PGVECTOR_AVX2_FMA, PGVECTOR_SEQUENTIAL]).map((a) => new ReferenceQuery(this.model.values(), q, a, this.compareIds));
+    const refs = (arithmetic ? [arithmetic] : KNOWN_ARITHMETIC).map((a) => new ReferenceQuery(this.model.values(), q, a, this.compareIds));
     for (let s = 0; s < searchesPerQuery; s++) {
       const where = this.where();
       const k = rng.weighted([
@@ -754,7 +760,7 @@ class Case {
       );
       const hits = this.set.searchNow({ query: q, where, limit: k })!.hits;
       const desc = `${this.describe()}\n  server search ${JSON.stringify({ where, k })}`;
-      if (this.config.arithmetic === PGVECTOR_SEQUENTIAL) continue; // not this server's arithmetic
+      if (this.config.arithmetic && this.config.arithmetic !== server.arithmetic) continue; // not this server's arithmetic
       if (this.config.arithmetic) expect(hits, desc).not.toBeNull();
       if (!hits) continue;
       if (process.env.FUZZ_DEBUG && JSON.stringify(hits.map((h) => h.id)) !== JSON.stringify(r.rows.map((x) => x.id))) {
@@ -783,7 +789,7 @@ beforeAll(async () => {
   const sql = await connect(db.url);
   await sql.query('CREATE EXTENSION IF NOT EXISTS vector');
   await sql.query('SET enable_indexscan = off; SET enable_bitmapscan = off');
-  server = { sql, tables: 0 };
+  server = { sql, tables: 0, arithmetic: await serverArithmetic(sql) };
 });
 
 afterAll(async () => {

@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { PartitionSet, type HotHit, type HotQuery, type HotRow, type PartitionSetSpec } from '../../../src/cache/hot/partition-set.js';
-import { PGVECTOR_SEQUENTIAL } from '../../../src/cache/hot/int8/pgvector-distance.js';
+import { PGVECTOR_SEQUENTIAL, type PgvectorArithmetic } from '../../../src/cache/hot/int8/pgvector-distance.js';
 import { searchable, NORM_SQRT_MAX, NORM_SQRT_MIN } from '../../../src/embedding.js';
 import { connect, createDatabase, type TestDb } from '../../helpers/db.js';
 import { random } from '../../helpers/random.js';
+import { serverArithmetic } from '../../helpers/arithmetic.js';
 
 /**
  * The hot answer equals pgvector's exact answer (a sequential scan, no
@@ -16,11 +17,14 @@ import { random } from '../../helpers/random.js';
 
 let db: TestDb;
 let sql: pg.Client;
+/** The server's own arithmetic: the sets here are compared with it bit for bit. */
+let arithmetic: PgvectorArithmetic;
 
 beforeAll(async () => {
   db = await createDatabase('ms_hot_ps');
   sql = await connect(db.url);
   await sql.query('CREATE EXTENSION IF NOT EXISTS vector');
+  arithmetic = await serverArithmetic(sql);
   // Exact answers: never an index, whatever the planner thinks.
   await sql.query('SET enable_indexscan = off; SET enable_bitmapscan = off');
 });
@@ -72,7 +76,7 @@ async function table(spec: PartitionSetSpec, options?: ConstructorParameters<typ
   const name = `t${++tables}`;
   const cols = spec.filters.map((f, i) => `f${i} ${f.kind === 'text' ? 'text' : 'float8'}`).join(', ');
   await sql.query(`CREATE TABLE ${name} (id ${spec.idOrder === 'text' ? 'text' : 'bigint'} PRIMARY KEY, ${cols ? `${cols}, ` : ''}embedding vector(${spec.dimension}))`);
-  return { name, spec, set: new PartitionSet(spec, 4, options) };
+  return { name, spec, set: new PartitionSet(spec, 4, { arithmetic, ...options }) };
 }
 
 async function upsert(t: Table, rows: HotRow[]): Promise<void> {

@@ -12,13 +12,22 @@
  * answer (and may use any tighter arithmetic elsewhere, widened by
  * `pgvectorError`).
  *
- * `PGVECTOR_AVX2_FMA` is the shape of an x86-64 build with
- * `-march=native` on a CPU with AVX2 and FMA (the Makefile's default), read
- * from the disassembly of the installed vector.so: eight float32 lanes, each
- * a chain of fused multiply-adds over every eighth element; lanes folded
- * (l, l+4), then ((0+2) + (1+3)); a remainder of 4–7 elements adds one
- * 4-lane fused step before the fold, and the last 1–3 elements are fused
- * into the folded sum one by one. `probeVectors` and `matchesPgvector` let a
+ * The order depends on how vector.so was compiled and on the CPU:
+ * - `PGVECTOR_AVX2_FMA`: an x86-64 build whose loop runs the `fma` clone
+ *   (the portable build, `OPTFLAGS=""`, as distribution packages and
+ *   pgvector's Docker image make it, on any CPU with FMA; or `-march=native`,
+ *   the Makefile's default, on a CPU with AVX2 and FMA but not AVX-512).
+ *   Read from the disassembly: eight float32 lanes, each a chain of fused
+ *   multiply-adds over every eighth element; lanes folded (l, l+4), then
+ *   ((0+2) + (1+3)); a remainder of 4–7 elements adds one 4-lane fused step
+ *   before the fold, and the last 1–3 elements are fused into the folded sum
+ *   one by one.
+ * - `PGVECTOR_AVX512_FMA`: `-march=native` with GCC on a CPU with AVX-512
+ *   (e.g. Cooper Lake, Ice Lake and later Xeons): sixteen lanes folded
+ *   (l, l+8) into eight; a remainder of 8–15 elements adds one 8-lane fused
+ *   step, then the eight are folded as above, and the last 1–7 elements are
+ *   fused one by one.
+ * `probeVectors` and `matchesPgvector` let a
  * caller check, once per server, that the server computes exactly this; a
  * set told the server's arithmetic is unknown (`arithmetic: null`) still
  * never answers wrongly: it gives up (null) whenever the answer hangs on a
@@ -29,17 +38,19 @@
 export interface PgvectorArithmetic {
   readonly name: string;
   /** Float32 lanes of the main loop (1: a plain sequential loop). */
-  readonly lanes: 1 | 8;
+  readonly lanes: 1 | 8 | 16;
   /** Whether each multiply-add rounds once (FMA) or twice. */
   readonly fused: boolean;
 }
 
-/** x86-64, -march=native with AVX2 + FMA: the build on this project's machines and CI (checked by test/cache/hot/int8/pgvector-distance.test.ts). */
+/** x86-64 running the `fma` clone: the portable build on any CPU with FMA (what `scripts/install-pgvector.sh` makes), or -march=native on AVX2 + FMA. */
 export const PGVECTOR_AVX2_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx2-fma', lanes: 8, fused: true });
+/** x86-64, GCC -march=native on a CPU with AVX-512: sixteen fused lanes. */
+export const PGVECTOR_AVX512_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx512-fma', lanes: 16, fused: true });
 /** A build without vectorization or FMA (OPTFLAGS="" on some compilers): one float32 chain per sum. */
 export const PGVECTOR_SEQUENTIAL: PgvectorArithmetic = Object.freeze({ name: 'sequential', lanes: 1, fused: false });
 
-export const KNOWN_ARITHMETIC: readonly PgvectorArithmetic[] = [PGVECTOR_AVX2_FMA, PGVECTOR_SEQUENTIAL];
+export const KNOWN_ARITHMETIC: readonly PgvectorArithmetic[] = [PGVECTOR_AVX2_FMA, PGVECTOR_AVX512_FMA, PGVECTOR_SEQUENTIAL];
 
 const fround = Math.fround;
 
@@ -71,6 +82,7 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
     return s;
   }
   if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
+  if (arithmetic.lanes === 16) return dot16(a, b);
   // The fused 8-lane loop in eight locals (a lanes array costs a load and a store per element: ~15% slower).
   let l0 = 0;
   let l1 = 0;
@@ -107,6 +119,30 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
   for (; i < n; i++) s = fusedAdd(a[i]! * b[i]!, s);
   return s;
 }
+
+/** The fused 16-lane loop (PGVECTOR_AVX512_FMA), lanes in a scratch array: only AVX-512 servers use it. */
+function dot16(a: Float32Array, b: Float32Array): number {
+  const n = a.length;
+  const l = LANES16.fill(0);
+  const n16 = n >= 16 ? n & ~15 : 0;
+  for (let i = 0; i < n16; i += 16) for (let j = 0; j < 16; j++) l[j] = fusedAdd(a[i + j]! * b[i + j]!, l[j]!);
+  const y = LANES8;
+  for (let j = 0; j < 8; j++) y[j] = fround(l[j]! + l[j + 8]!);
+  let i = n16;
+  if (n - n16 >= 8) {
+    for (let j = 0; j < 8; j++) y[j] = fusedAdd(a[i + j]! * b[i + j]!, y[j]!);
+    i += 8;
+  }
+  const x0 = fround(y[0]! + y[4]!);
+  const x1 = fround(y[1]! + y[5]!);
+  const x2 = fround(y[2]! + y[6]!);
+  const x3 = fround(y[3]! + y[7]!);
+  let s = fround(fround(x0 + x2) + fround(x1 + x3));
+  for (; i < n; i++) s = fusedAdd(a[i]! * b[i]!, s);
+  return s;
+}
+const LANES16 = new Float64Array(16);
+const LANES8 = new Float64Array(8);
 
 /** fmaF32 given the product p = a·b (exact in double): small enough for V8 to inline in the loop above. */
 function fusedAdd(p: number, c: number): number {
@@ -193,11 +229,14 @@ export function pgvectorDistance(a: Float32Array, b: Float32Array, arithmetic: P
  * which for a searchable row (‖a‖ ≥ 2⁻⁶³, see searchable) and a unit
  * query is below (n + 8)·2⁻⁸⁷ relative: covered by the final term.
  *
- * The tighter bound for the 8-lane shape (each chain ⌈n/8⌉ + 5 roundings)
- * is used when the arithmetic is known: `lanes` = 8.
+ * Tighter bounds for the lane shapes are used when the arithmetic is known:
+ * a term of the 8-lane shape passes through at most ⌈n/8⌉ + 8 roundings
+ * (its chain, the folds, the 4-lane step, 3 trailing elements), of the
+ * 16-lane shape at most ⌈n/16⌉ + 12 (its chain, the folds, the 8-lane step,
+ * 7 trailing elements).
  */
-export function pgvectorError(n: number, lanes: 1 | 8 = 1): number {
-  const k = lanes === 8 ? Math.ceil(n / 8) + 8 : n + 8;
+export function pgvectorError(n: number, lanes: 1 | 8 | 16 = 1): number {
+  const k = lanes === 16 ? Math.ceil(n / 16) + 12 : lanes === 8 ? Math.ceil(n / 8) + 8 : n + 8;
   const u = 2 ** -24;
   const gamma = (k * u) / (1 - k * u);
   return 2 * gamma + 2 * gamma * gamma + 16 * 2 ** -53 + (n + 8) * 2 ** -80;

@@ -2,24 +2,31 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import {
   fmaF32,
+  KNOWN_ARITHMETIC,
   matchesPgvector,
   PGVECTOR_AVX2_FMA,
+  PGVECTOR_AVX512_FMA,
   PGVECTOR_SEQUENTIAL,
   pgvectorDistance,
   pgvectorDot,
   pgvectorError,
   probeVectors,
+  type PgvectorArithmetic,
 } from '../../../../src/cache/hot/int8/pgvector-distance.js';
 import { connect, createDatabase, type TestDb } from '../../../helpers/db.js';
 import { random } from '../../../helpers/random.js';
+import { serverArithmetic } from '../../../helpers/arithmetic.js';
 
 let db: TestDb;
 let sql: pg.Client;
+/** The arithmetic of this server's vector.so (the probe finds it; each shape is checked below). */
+let arithmetic: PgvectorArithmetic;
 
 beforeAll(async () => {
   db = await createDatabase('ms_hot_pgd');
   sql = await connect(db.url);
   await sql.query('CREATE EXTENSION IF NOT EXISTS vector');
+  arithmetic = await serverArithmetic(sql);
 });
 
 afterAll(async () => {
@@ -60,17 +67,55 @@ describe('pgvector distance, reproduced', () => {
       );
       const q = Float32Array.from({ length: dim }, () => next() - 0.5);
       const server = await serverDistances(rows, q);
-      rows.forEach((row, i) => expect(Object.is(pgvectorDistance(row, q, PGVECTOR_AVX2_FMA), server[i])).toBe(true));
+      rows.forEach((row, i) => expect(Object.is(pgvectorDistance(row, q, arithmetic), server[i]), `${arithmetic.name}, dim ${dim}, row ${i}`).toBe(true));
     }
   });
 
-  it('tells the server’s arithmetic from others with the probe vectors', async () => {
+  it('tells the server’s arithmetic from the others with the probe vectors, at every dimension', async () => {
     for (const dim of [16, 384, 1536]) {
       const { rows, query } = probeVectors(dim);
       const server = await serverDistances(rows, query);
-      expect(matchesPgvector(dim, server, PGVECTOR_AVX2_FMA)).toBe(true);
-      expect(matchesPgvector(dim, server, PGVECTOR_SEQUENTIAL)).toBe(false);
+      expect(KNOWN_ARITHMETIC.filter((a) => matchesPgvector(dim, server, a))).toEqual([arithmetic]);
     }
+  });
+
+  it('the probe vectors tell the known arithmetics apart wherever they sum differently', () => {
+    const next = random(7);
+    let told = 0;
+    for (const dim of [2, 5, 9, 16, 17, 24, 32, 40, 100, 384, 1536, 3072]) {
+      const { rows, query } = probeVectors(dim);
+      const sample = Array.from({ length: 64 }, (_, r) => Float32Array.from({ length: dim }, () => (next() - 0.5) * 2 ** ((r % 9) - 4)));
+      for (const a of KNOWN_ARITHMETIC) {
+        const own = rows.map((row) => pgvectorDistance(row, query, a));
+        for (const b of KNOWN_ARITHMETIC) {
+          if (!matchesPgvector(dim, own, b)) {
+            told++;
+            continue;
+          }
+          // Taken for a: then b sums as a does at this dimension (below 16 or at 24, the lane shapes can coincide).
+          for (const row of sample) expect(pgvectorDistance(row, query, b), `${a.name} taken for ${b.name} at ${dim}`).toBe(pgvectorDistance(row, query, a));
+        }
+      }
+    }
+    expect(told).toBeGreaterThan(50);
+  });
+
+  it('the 16-lane shape: lanes folded (l, l+8), then one 8-lane step for a remainder of 8–15, before the 8 are folded', () => {
+    // Sums of 1 and ±2^24 (whose float32 neighbours are 2 apart): exact but where 2^24 + 1 rounds back to 2^24, so where that
+    // happens tells the orders apart.
+    const big = 2 ** 24;
+    const dot = (n: number, at: Record<number, number>, a: typeof PGVECTOR_AVX2_FMA) => {
+      const b = new Float32Array(n);
+      for (const [k, v] of Object.entries(at)) b[Number(k)] = v;
+      return pgvectorDot(new Float32Array(n).fill(1), b, a);
+    };
+    // n = 32: lane 0 holds elements 0 and 16 (big − big), lane 8 elements 8 and 24; the 8-lane chain adds 0, 8, 16 in turn.
+    expect(dot(32, { 0: big, 8: 1, 16: -big }, PGVECTOR_AVX512_FMA)).toBe(1);
+    expect(dot(32, { 0: big, 8: 1, 16: -big }, PGVECTOR_AVX2_FMA)).toBe(0);
+    expect(dot(32, { 0: big, 8: 1, 16: -big }, PGVECTOR_SEQUENTIAL)).toBe(0);
+    // n = 40: elements 32–39 are one 8-lane step onto the folded lanes (32 onto 0), not added one by one after the last fold.
+    expect(dot(40, { 0: big, 32: -big, 1: 1 }, PGVECTOR_AVX512_FMA)).toBe(1);
+    expect(dot(40, { 0: big, 32: -big, 1: 1 }, PGVECTOR_SEQUENTIAL)).toBe(0);
   });
 
   it('rounds a fused multiply-add once, also where the double sum lands on a float32 midpoint', () => {
@@ -134,7 +179,7 @@ describe('pgvector distance, reproduced', () => {
         }
         worst = Math.max(worst, Math.abs(1 - server[i]! - ab / Math.sqrt(aa * bb)));
       });
-      expect(worst).toBeLessThanOrEqual(pgvectorError(dim, 8));
+      expect(worst).toBeLessThanOrEqual(pgvectorError(dim, arithmetic.lanes));
       expect(pgvectorError(dim, 8)).toBeLessThanOrEqual(pgvectorError(dim, 1));
     }
   });
