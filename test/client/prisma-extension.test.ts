@@ -41,6 +41,7 @@ const withConfig = { llmConfig: true } as const;
 async function personalityWithConfig(name: string): Promise<string> {
   const id = await insertPersonality(writer, name);
   await writer.query(`INSERT INTO llm_configs ("personalityId", model, temperature, "updatedAt") VALUES ($1, 'model-' || $2, 0.5, now())`, [id, name]);
+  await memory.sync(); // the INSERTs' own events, which evict the id, are in before a test fills it
   return id;
 }
 

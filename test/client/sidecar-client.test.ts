@@ -122,6 +122,7 @@ describe('createSidecarClient({ localCache })', () => {
       const lc = cached.localCache!;
       if (!lc.serving) await new Promise((r) => lc.once('up', () => r(true)));
       const id = await insertPersonality(writer, 'local-cache');
+      await cached.sync(); // the INSERT's own event, which evicts the id, is in before the fill
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
       expect((await cached.getPersonality(id))?.displayName).toBe('local-cache');
       expect(lc.stats().entities.personality).toMatchObject({ hits: 1, misses: 1 });
