@@ -128,19 +128,30 @@ function chunked(rows: string[], gone: string[]): { rows: string[]; gone: string
 
 function eventsOf(g: Group, head: Head): ChangeEvent[] {
   const model = g.t.w.model;
-  const whole: ChangeEvent = { ...head, model, op: g.op, scope: 'model', fields: [], rows: [], gone: [], chunk: 1, chunks: 1 };
-  if (g.whole) return [whole];
-  const parse = (j: string) => JSON.parse(j) as (string | null)[];
-  const byRows = chunked([...g.rows].sort(), [...g.gone].sort());
-  if (byRows) {
-    return byRows.map((c, i) => ({ ...head, model, op: g.op, scope: 'rows', fields: g.t.w.payload, rows: c.rows.map(parse), gone: c.gone.map(parse), chunk: i + 1, chunks: byRows.length }));
-  }
+  // Plain literals, not spreads of `head`: this runs once per committed transaction.
+  const event = (scope: ChangeEvent['scope'], fields: string[], rows: string[], gone: string[], chunk: number, chunks: number): ChangeEvent => ({
+    ms: head.ms,
+    model,
+    op: g.op,
+    scope,
+    fields,
+    rows: rows.map(parse),
+    gone: gone.map(parse),
+    txid: head.txid,
+    ts: head.ts,
+    chunk,
+    chunks,
+  });
+  if (g.whole) return [event('model', [], [], [], 1, 1)];
+  const byRows = chunked(sorted(g.rows), sorted(g.gone));
+  if (byRows) return byRows.map((c, i) => event('rows', g.t.w.payload, c.rows, c.gone, i + 1, byRows.length));
   // Too many rows to name. An INSERT's partitions are all in its new rows; an UPDATE or DELETE may also leave partitions the WAL does not name.
   if (g.op === 'INSERT' && g.t.partFields.length) {
-    const byParts = chunked([...g.parts].sort(), []);
-    if (byParts) {
-      return byParts.map((c, i) => ({ ...head, model, op: g.op, scope: 'partitions', fields: g.t.partFields, rows: c.rows.map(parse), gone: [], chunk: i + 1, chunks: byParts.length }));
-    }
+    const byParts = chunked(sorted(g.parts), []);
+    if (byParts) return byParts.map((c, i) => event('partitions', g.t.partFields, c.rows, [], i + 1, byParts.length));
   }
-  return [whole];
+  return [event('model', [], [], [], 1, 1)];
 }
+
+const parse = (j: string) => JSON.parse(j) as (string | null)[];
+const sorted = (s: Set<string>): string[] => (s.size < 2 ? [...s] : [...s].sort());
