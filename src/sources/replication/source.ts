@@ -454,6 +454,13 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
     return { query: (text, values) => pool.query({ text, values: values as unknown[], query_timeout: timeoutMs } as pg.QueryConfig) as Promise<{ rows: any[] }> };
   }
 
+  /** `pg_current_snapshot()` as text, as a prepared statement: under load the gate asks up to a thousand times a second. */
+  private async currentSnapshot(): Promise<string> {
+    this.control();
+    const r = await this.pool!.query<{ s: string }>({ name: 'memory_sync_current_snapshot', text: 'SELECT pg_current_snapshot()::text AS s', query_timeout: this.o.queryTimeoutMs } as pg.QueryConfig);
+    return r.rows[0]!.s;
+  }
+
   private emitMessage(content: string): Promise<unknown> {
     return this.control().query(EMIT_BARRIER_SQL, [this.o.messagePrefix, content]);
   }
@@ -726,8 +733,7 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
           const since = performance.now() - this.lastSnapshotAt;
           if (since < 1) await new Promise((r) => setTimeout(r, 1));
           this.lastSnapshotAt = performance.now();
-          const { rows } = await this.control().query<{ s: string }>('SELECT pg_current_snapshot()::text AS s');
-          snapshot = parseSnapshot(rows[0]!.s);
+          snapshot = parseSnapshot(await this.currentSnapshot());
         } catch (err) {
           // Unproven visibility is no reason to guess: the stream starts over from the slot.
           this.endSession?.(`visibility check failed: ${(err as Error).message}`);
