@@ -94,7 +94,13 @@ export interface MemorySyncStats {
   kernel: string;
   /** Per declared entity and collection. */
   entities: Record<string, { size: number; hits: number; misses: number; invalidated: number }>;
-  collections: Record<string, { sets: number; vectors: number; bytes: number; wrongDimension: number }>;
+  /**
+   * `arithmetic`: the float32 summation the server's pgvector uses for `<=>`
+   * at the collection's dimension ("avx2-fma", "avx512-fma", "sequential"),
+   * or "unknown": then hot searches answer only where rounding cannot
+   * decide, and pgvector answers the rest.
+   */
+  collections: Record<string, { sets: number; vectors: number; bytes: number; wrongDimension: number; arithmetic: string }>;
 }
 
 export type MemorySyncEvents = CacheCoreEvents;
@@ -360,7 +366,13 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     );
     const distances = r.rows.map((x) => Number(x.d));
     const found = KNOWN_ARITHMETIC.find((a) => matchesPgvector(dimension, distances, a)) ?? null;
-    this.logger.debug({ dimension, arithmetic: found?.name ?? 'unknown' }, "pgvector's <=> arithmetic");
+    if (found) this.logger.debug({ dimension, arithmetic: found.name }, "pgvector's <=> arithmetic");
+    else {
+      this.logger.warn(
+        { dimension, arithmetic: 'unknown' },
+        "pgvector's <=> sums in an order memory-sync does not know (a build other than x86-64 gcc, portable or -march=native): hot searches stay exact but ask pgvector whenever rounding could decide, so fewer are served from memory",
+      );
+    }
     return found;
   }
 
@@ -747,7 +759,13 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
       source: this._source?.name ?? (this.backend === 'embedded' ? 'pglite' : (this.busConfig?.kind ?? 'listen')),
       kernel: nativeKernelsFit(dim).i8 ? 'usearch-int8' : 'js',
       entities: Object.fromEntries(Object.entries(s?.entities ?? {}).map(([n, e]) => [n, { size: e.size, hits: e.hits, misses: e.misses, invalidated: e.invalidated }])),
-      collections: Object.fromEntries(Object.entries(s?.collections ?? {}).map(([n, c]) => [n, { sets: c.sets, vectors: c.vectors, bytes: c.bytes, wrongDimension: c.wrongDimension }])),
+      collections: Object.fromEntries(
+        Object.entries(s?.collections ?? {}).map(([n, c]) => {
+          const dimension = this.bound?.collections.get(n)?.shape.dimension;
+          const arithmetic = dimension === undefined ? undefined : this.bound?.arithmetic.get(dimension);
+          return [n, { sets: c.sets, vectors: c.vectors, bytes: c.bytes, wrongDimension: c.wrongDimension, arithmetic: arithmetic?.name ?? 'unknown' }];
+        }),
+      ),
     };
   }
 }

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serverArithmetic } from '../helpers/arithmetic.js';
 import { adoptDeclaration } from '../../src/capture/adopt.js';
 import { createMemorySync, type MemorySync } from '../../src/client/memory-sync.js';
 import { createSidecarClient, type SidecarClient } from '../../src/client/sidecar-client.js';
@@ -202,6 +203,8 @@ describe('declared collections, hot = exact SQL', () => {
   it.each(DIMS)('%i dimensions: every filter form, one-row and empty partitions, adversarial rows; then soft deletes, moves and changed embeddings by plain SQL', { timeout: 120_000 }, async (dim) => {
     const first = await check(dim, 'seeded');
     expect(first.hot).toBeGreaterThan(first.total * 0.9); // served from memory, not by pgvector
+    // The probe at start found the server's own summation, which the similarity bits above depend on.
+    expect(lib.stats().collections[`docs${dim}`]?.arithmetic).toBe((await serverArithmetic(c, dim)).name);
 
     // Plain SQL, as any writer: soft delete, restore, a move to the one-row partition, new embeddings, NULL.
     await c.query(`UPDATE docs_${dim} SET deleted_at = now() WHERE id IN (10, 11, 12)`);
