@@ -96,7 +96,7 @@ export interface MemorySyncStats {
   entities: Record<string, { size: number; hits: number; misses: number; invalidated: number }>;
   /**
    * `arithmetic`: the float32 summation the server's pgvector uses for `<=>`
-   * at the collection's dimension ("avx2-fma", "avx512-fma", "sequential"),
+   * at the collection's dimension ("avx2-fma", "avx512-fma", "neon-fma", "sequential"),
    * or "unknown": then hot searches answer only where rounding cannot
    * decide, and pgvector answers the rest.
    */
@@ -370,7 +370,7 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     else {
       this.logger.warn(
         { dimension, arithmetic: 'unknown' },
-        "pgvector's <=> sums in an order memory-sync does not know (a build other than x86-64 gcc, portable or -march=native): hot searches stay exact but ask pgvector whenever rounding could decide, so fewer are served from memory",
+        "pgvector's <=> sums in an order memory-sync does not know (not a gcc build for x86-64 or aarch64): hot searches stay exact but ask pgvector whenever rounding could decide, so fewer are served from memory",
       );
     }
     return found;

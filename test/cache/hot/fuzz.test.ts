@@ -15,6 +15,7 @@ import {
   KNOWN_ARITHMETIC,
   PGVECTOR_AVX2_FMA,
   PGVECTOR_AVX512_FMA,
+  PGVECTOR_NEON_FMA,
   PGVECTOR_SEQUENTIAL,
   pgvectorDistanceFromSums,
   pgvectorDot,
@@ -386,6 +387,7 @@ function configure(rng: Rng): CaseConfig {
   const arithmetic = rng.weighted<PgvectorArithmetic | null>([
     [5, PGVECTOR_AVX2_FMA],
     [2, PGVECTOR_AVX512_FMA],
+    [1, PGVECTOR_NEON_FMA],
     [1, PGVECTOR_SEQUENTIAL],
     [2, null],
   ]);

@@ -27,6 +27,13 @@
  *   (l, l+8) into eight; a remainder of 8–15 elements adds one 8-lane fused
  *   step, then the eight are folded as above, and the last 1–7 elements are
  *   fused one by one.
+ * - `PGVECTOR_NEON_FMA`: GCC on aarch64 (armv8-a NEON, the portable build):
+ *   four fused lanes (below 4 elements, none), folded pairwise
+ *   ((0+1) + (2+3)); the last 1–3 elements are fused one by one. Read from
+ *   GCC 12's aarch64 output and checked bit for bit against pgvector's loop
+ *   built by it, run under qemu-aarch64 (no ARM server was at hand).
+ * `bench/arithmetic.ts` re-checks each shape against pgvector's loop built
+ * for every target the machine can compile and run.
  * `probeVectors` and `matchesPgvector` let a
  * caller check, once per server, that the server computes exactly this; a
  * set told the server's arithmetic is unknown (`arithmetic: null`) still
@@ -38,7 +45,7 @@
 export interface PgvectorArithmetic {
   readonly name: string;
   /** Float32 lanes of the main loop (1: a plain sequential loop). */
-  readonly lanes: 1 | 8 | 16;
+  readonly lanes: 1 | 4 | 8 | 16;
   /** Whether each multiply-add rounds once (FMA) or twice. */
   readonly fused: boolean;
 }
@@ -47,10 +54,12 @@ export interface PgvectorArithmetic {
 export const PGVECTOR_AVX2_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx2-fma', lanes: 8, fused: true });
 /** x86-64, GCC -march=native on a CPU with AVX-512: sixteen fused lanes. */
 export const PGVECTOR_AVX512_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx512-fma', lanes: 16, fused: true });
+/** aarch64, GCC, armv8-a NEON: four fused lanes folded pairwise. */
+export const PGVECTOR_NEON_FMA: PgvectorArithmetic = Object.freeze({ name: 'neon-fma', lanes: 4, fused: true });
 /** A build without vectorization or FMA (OPTFLAGS="" on some compilers): one float32 chain per sum. */
 export const PGVECTOR_SEQUENTIAL: PgvectorArithmetic = Object.freeze({ name: 'sequential', lanes: 1, fused: false });
 
-export const KNOWN_ARITHMETIC: readonly PgvectorArithmetic[] = [PGVECTOR_AVX2_FMA, PGVECTOR_AVX512_FMA, PGVECTOR_SEQUENTIAL];
+export const KNOWN_ARITHMETIC: readonly PgvectorArithmetic[] = [PGVECTOR_AVX2_FMA, PGVECTOR_AVX512_FMA, PGVECTOR_NEON_FMA, PGVECTOR_SEQUENTIAL];
 
 const fround = Math.fround;
 
@@ -83,6 +92,7 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
   }
   if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
   if (arithmetic.lanes === 16) return dot16(a, b);
+  if (arithmetic.lanes === 4) return dot4(a, b);
   // The fused 8-lane loop in eight locals (a lanes array costs a load and a store per element: ~15% slower).
   let l0 = 0;
   let l1 = 0;
@@ -142,6 +152,29 @@ function dot16(a: Float32Array, b: Float32Array): number {
   return s;
 }
 const LANES16 = new Float64Array(16);
+
+/** The fused 4-lane loop (PGVECTOR_NEON_FMA): GCC runs it only for 4 or more elements. */
+function dot4(a: Float32Array, b: Float32Array): number {
+  const n = a.length;
+  let s = 0;
+  let i = 0;
+  if (n >= 4) {
+    let l0 = 0;
+    let l1 = 0;
+    let l2 = 0;
+    let l3 = 0;
+    const n4 = n & ~3;
+    for (; i < n4; i += 4) {
+      l0 = fusedAdd(a[i]! * b[i]!, l0);
+      l1 = fusedAdd(a[i + 1]! * b[i + 1]!, l1);
+      l2 = fusedAdd(a[i + 2]! * b[i + 2]!, l2);
+      l3 = fusedAdd(a[i + 3]! * b[i + 3]!, l3);
+    }
+    s = fround(fround(l0 + l1) + fround(l2 + l3));
+  }
+  for (; i < n; i++) s = fusedAdd(a[i]! * b[i]!, s);
+  return s;
+}
 const LANES8 = new Float64Array(8);
 
 /** fmaF32 given the product p = a·b (exact in double): small enough for V8 to inline in the loop above. */
@@ -232,11 +265,12 @@ export function pgvectorDistance(a: Float32Array, b: Float32Array, arithmetic: P
  * Tighter bounds for the lane shapes are used when the arithmetic is known:
  * a term of the 8-lane shape passes through at most ⌈n/8⌉ + 8 roundings
  * (its chain, the folds, the 4-lane step, 3 trailing elements), of the
- * 16-lane shape at most ⌈n/16⌉ + 12 (its chain, the folds, the 8-lane step,
+ * 4-lane shape fewer than ⌈n/4⌉ + 8 (its chain, two folds, 3 trailing
+ * elements), of the 16-lane shape at most ⌈n/16⌉ + 12 (its chain, the folds, the 8-lane step,
  * 7 trailing elements).
  */
-export function pgvectorError(n: number, lanes: 1 | 8 | 16 = 1): number {
-  const k = lanes === 16 ? Math.ceil(n / 16) + 12 : lanes === 8 ? Math.ceil(n / 8) + 8 : n + 8;
+export function pgvectorError(n: number, lanes: 1 | 4 | 8 | 16 = 1): number {
+  const k = lanes === 16 ? Math.ceil(n / 16) + 12 : lanes === 8 ? Math.ceil(n / 8) + 8 : lanes === 4 ? Math.ceil(n / 4) + 8 : n + 8;
   const u = 2 ** -24;
   const gamma = (k * u) / (1 - k * u);
   return 2 * gamma + 2 * gamma * gamma + 16 * 2 ** -53 + (n + 8) * 2 ** -80;

@@ -6,6 +6,7 @@ import {
   matchesPgvector,
   PGVECTOR_AVX2_FMA,
   PGVECTOR_AVX512_FMA,
+  PGVECTOR_NEON_FMA,
   PGVECTOR_SEQUENTIAL,
   pgvectorDistance,
   pgvectorDot,
@@ -116,6 +117,24 @@ describe('pgvector distance, reproduced', () => {
     // n = 40: elements 32–39 are one 8-lane step onto the folded lanes (32 onto 0), not added one by one after the last fold.
     expect(dot(40, { 0: big, 32: -big, 1: 1 }, PGVECTOR_AVX512_FMA)).toBe(1);
     expect(dot(40, { 0: big, 32: -big, 1: 1 }, PGVECTOR_SEQUENTIAL)).toBe(0);
+  });
+
+  it('the 4-lane shape (aarch64 NEON): lanes every 4th element from 4 elements on, folded pairwise, then the last 1–3 one by one', () => {
+    // Checked bit for bit against pgvector's loop built by GCC 12 for aarch64, run under qemu-aarch64 (2,928 of 2,928 distances).
+    const big = 2 ** 24;
+    const dot = (n: number, at: Record<number, number>, a: typeof PGVECTOR_NEON_FMA) => {
+      const b = new Float32Array(n);
+      for (const [k, v] of Object.entries(at)) b[Number(k)] = v;
+      return pgvectorDot(new Float32Array(n).fill(1), b, a);
+    };
+    // n = 4: (big + 1) folds first and rounds to big; the 8-lane shape's 4-lane step folds (0 + 2) first.
+    expect(dot(4, { 0: big, 1: 1, 2: -big }, PGVECTOR_NEON_FMA)).toBe(0);
+    expect(dot(4, { 0: big, 1: 1, 2: -big }, PGVECTOR_AVX2_FMA)).toBe(1);
+    // n = 9: elements 0 and 4 share lane 0 (big − big), 1 has lane 1 to itself; in sequence big + 1 rounds first.
+    expect(dot(9, { 0: big, 1: 1, 4: -big }, PGVECTOR_NEON_FMA)).toBe(1);
+    expect(dot(9, { 0: big, 1: 1, 4: -big }, PGVECTOR_SEQUENTIAL)).toBe(0);
+    // n = 3: no vector loop, one fused chain, as in sequence.
+    expect(dot(3, { 0: big, 1: 1, 2: -big }, PGVECTOR_NEON_FMA)).toBe(0);
   });
 
   it('rounds a fused multiply-add once, also where the double sum lands on a float32 midpoint', () => {
