@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KNOWN_ARITHMETIC, pgvectorDistance, probeVectors } from '../src/cache/hot/int8/pgvector-distance.js';
-import { random } from '../test/helpers/random.js';
+import { random } from './hot-search.js';
 
 const FLAGS = ['-O2', '-fno-strict-aliasing', '-fwrapv', '-fexcess-precision=standard', '-ftree-vectorize', '-fassociative-math', '-fno-signed-zeros', '-fno-trapping-math'];
 const dir = mkdtempSync(join(tmpdir(), 'ms-arith-'));

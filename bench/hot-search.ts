@@ -56,7 +56,7 @@ const K = 10;
 // ---------------------------------------------------------------- data
 
 /** xorshift32: deterministic data, so a figure can be reproduced. */
-function random(seed: number): () => number {
+export function random(seed: number): () => number {
   let s = seed >>> 0 || 1;
   return () => {
     s ^= s << 13;
