@@ -13,7 +13,8 @@ import { random } from './hot-search.js';
 
 const FLAGS = ['-O2', '-fno-strict-aliasing', '-fwrapv', '-fexcess-precision=standard', '-ftree-vectorize', '-fassociative-math', '-fno-signed-zeros', '-fno-trapping-math'];
 const dir = mkdtempSync(join(tmpdir(), 'ms-arith-'));
-const source = join(import.meta.dirname, '..', 'scripts', 'arithmetic-harness.c');
+// From bench/ (tsx) or dist/bench/ (node).
+const source = ['..', join('..', '..')].map((up) => join(import.meta.dirname, up, 'scripts', 'arithmetic-harness.c')).find((p) => existsSync(p));
 const has = (cmd: string) => {
   try {
     execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
@@ -26,7 +27,7 @@ const targets = [
   { name: 'x86-64, fma (the portable build on a CPU with FMA)', cc: 'gcc', flags: ['-mfma'], run: [] as string[] },
   { name: 'x86-64, -march=native', cc: 'gcc', flags: ['-march=native'], run: [] },
   { name: 'aarch64, armv8-a (qemu)', cc: 'aarch64-linux-gnu-gcc', flags: ['-static'], run: ['qemu-aarch64'] },
-].filter((t) => has(t.cc) && (t.run.length === 0 || has(t.run[0]!)));
+].filter((t) => source && has(t.cc) && (t.run.length === 0 || has(t.run[0]!)));
 
 const next = random(4242);
 const cases: { q: Float32Array; rows: Float32Array[] }[] = [];
@@ -53,7 +54,7 @@ const total = cases.reduce((n, c) => n + c.rows.length, 0);
 
 for (const t of targets) {
   const bin = join(dir, t.name.replace(/\W+/g, '-'));
-  execFileSync(t.cc, [...FLAGS, ...t.flags, '-o', bin, source, '-lm']);
+  execFileSync(t.cc, [...FLAGS, ...t.flags, '-o', bin, source!, '-lm']);
   const [cmd, ...args] = [...t.run, bin, join(dir, 'in.bin'), join(dir, 'out.bin')];
   execFileSync(cmd!, args);
   const out = new Float64Array(readFileSync(join(dir, 'out.bin')).buffer.slice(0));
@@ -65,4 +66,4 @@ for (const t of targets) {
   });
   console.log(`${t.name}: of ${total} distances, ${matches.join(', ')}`);
 }
-if (!existsSync(source) || targets.length === 0) console.log('no target could be built');
+if (targets.length === 0) console.log(source ? 'no target could be built (gcc missing)' : 'scripts/arithmetic-harness.c not found');
