@@ -393,7 +393,7 @@ export async function openEmbedded(options: EmbeddedOptions): Promise<EmbeddedDa
     const info: EmbeddedInfo = { dataDir, coldStartMs: now - started, phasesMs, reopened, applied, created: reopened ? null : create, version };
     let closing: Promise<void> | undefined;
     options.logger.info(
-      { dataDir: dataDir ?? 'memory', reopened, applied, coldStartMs: Math.round(info.coldStartMs) },
+      { dataDir: dataDir ?? 'memory', reopened, applied, coldStartMs: Math.round(info.coldStartMs), phasesMs: Object.fromEntries(Object.entries(phasesMs).map(([k, v]) => [k, Math.round(v)])) },
       'embedded PostgreSQL (PGlite + pgvector) ready; set DATABASE_URL to use a PostgreSQL server instead',
     );
     return {
