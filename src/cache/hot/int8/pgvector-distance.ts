@@ -152,6 +152,7 @@ function dot16(a: Float32Array, b: Float32Array): number {
   return s;
 }
 const LANES16 = new Float64Array(16);
+const LANES8 = new Float64Array(8);
 
 /** The fused 4-lane loop (PGVECTOR_NEON_FMA): GCC runs it only for 4 or more elements. */
 function dot4(a: Float32Array, b: Float32Array): number {
@@ -175,7 +176,6 @@ function dot4(a: Float32Array, b: Float32Array): number {
   for (; i < n; i++) s = fusedAdd(a[i]! * b[i]!, s);
   return s;
 }
-const LANES8 = new Float64Array(8);
 
 /** fmaF32 given the product p = a·b (exact in double): small enough for V8 to inline in the loop above. */
 function fusedAdd(p: number, c: number): number {
@@ -262,12 +262,13 @@ export function pgvectorDistance(a: Float32Array, b: Float32Array, arithmetic: P
  * which for a searchable row (‖a‖ ≥ 2⁻⁶³, see searchable) and a unit
  * query is below (n + 8)·2⁻⁸⁷ relative: covered by the final term.
  *
- * Tighter bounds for the lane shapes are used when the arithmetic is known:
- * a term of the 8-lane shape passes through at most ⌈n/8⌉ + 8 roundings
- * (its chain, the folds, the 4-lane step, 3 trailing elements), of the
- * 4-lane shape fewer than ⌈n/4⌉ + 8 (its chain, two folds, 3 trailing
- * elements), of the 16-lane shape at most ⌈n/16⌉ + 12 (its chain, the folds, the 8-lane step,
- * 7 trailing elements).
+ * Tighter bounds for the lane shapes are used when the arithmetic is known.
+ * A term passes through at most:
+ * - 8 lanes: ⌈n/8⌉ + 8 roundings (its chain, the folds, the 4-lane step,
+ *   3 trailing elements);
+ * - 4 lanes: ⌈n/4⌉ + 8 (its chain, two folds, 3 trailing elements);
+ * - 16 lanes: ⌈n/16⌉ + 12 (its chain, the folds, the 8-lane step, 7
+ *   trailing elements).
  */
 export function pgvectorError(n: number, lanes: 1 | 4 | 8 | 16 = 1): number {
   const k = lanes === 16 ? Math.ceil(n / 16) + 12 : lanes === 8 ? Math.ceil(n / 8) + 8 : lanes === 4 ? Math.ceil(n / 4) + 8 : n + 8;
