@@ -9,7 +9,8 @@ import { postgresDatabase, type Database, type Queryable } from '../backend/quer
 import { dnsFailure, dnsPermanentError, isTransient, toPermanent, withRetry, type RetryOptions } from '../backend/retry.js';
 import { CacheCore, type CacheCoreEvents, type ChangeAction, type ChangeInfo, type CollectionOptions, type CoreHooks, type EntityOptions } from '../cache/core.js';
 import type { PartitionStore } from '../cache/hot/hot-sets.js';
-import { KNOWN_ARITHMETIC, matchesPgvector, probeVectors, type PgvectorArithmetic } from '../cache/hot/int8/pgvector-distance.js';
+import type { PgvectorArithmetic } from '../cache/hot/int8/pgvector-distance.js';
+import { probeArithmetic } from '../cache/hot/int8/probe.js';
 import type { FilterCondition } from '../cache/hot/partition-set.js';
 import { nativeKernelsFit } from '../cache/hot/int8/kernel-fit.js';
 import { replicationTables } from '../capture/publication.js';
@@ -52,7 +53,7 @@ import { createReplicationSource } from '../sources/replication/create.js';
 import { bindingMapper } from '../sources/replication/mapper.js';
 import { DEFAULT_MESSAGE_PREFIX, EMIT_BARRIER_SQL, ReplicationSource, type ReplicationStats } from '../sources/replication/source.js';
 import type { ChangeSource, SourceState } from '../sources/source.js';
-import { CollectionStore, vectorLiteral, type CollectionQuery } from '../store/collections.js';
+import { CollectionStore, type CollectionQuery } from '../store/collections.js';
 import { EntityLoader } from '../store/entities.js';
 import { PersonalityStore } from '../store/personalities.js';
 import { lookupFrom, parseSearch, searchSchema } from '../validation/collection.js';
@@ -352,20 +353,9 @@ export class MemorySync<D extends Declaration = Declaration> extends EventEmitte
     return { binding, resolved, entities, collections, personalities, arithmetic: new Map() };
   }
 
-  /**
-   * Which float32 summation the server's pgvector uses for `<=>` (it depends
-   * on how it was compiled and the CPU): a few probe vectors whose distances
-   * tell the known orders apart, asked once. Unknown is fine: the hot sets
-   * then answer only when rounding cannot matter.
-   */
+  /** The server's summation for `<=>` (cache/hot/int8/probe.ts); unknown is fine: the hot sets then answer only when rounding cannot matter. */
   private async probeArithmetic(dimension: number): Promise<PgvectorArithmetic | null> {
-    const { rows, query } = probeVectors(dimension);
-    const r = await withRetry(
-      () => this.db().query<{ d: number }>(`SELECT (r::vector <=> $1::vector) AS d FROM unnest($2::text[]) WITH ORDINALITY AS u(r, i) ORDER BY i`, [vectorLiteral(query), rows.map(vectorLiteral)]),
-      this.retry,
-    );
-    const distances = r.rows.map((x) => Number(x.d));
-    const found = KNOWN_ARITHMETIC.find((a) => matchesPgvector(dimension, distances, a)) ?? null;
+    const found = await withRetry(() => probeArithmetic(this.db(), dimension), this.retry);
     if (found) this.logger.debug({ dimension, arithmetic: found.name }, "pgvector's <=> arithmetic");
     else {
       this.logger.warn(

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CAPTURE_NAME } from '../capture/replication.js';
 import type { Declaration } from '../schema/declaration.js';
-import { ConfigError } from '../contract/errors.js';
+import { parseOptions } from '../validation/parse.js';
 import { postgresUrl, timerMs } from '../contract/primitives.js';
 
 /** Every default in one place; each is explained on its option below. */
@@ -287,10 +287,5 @@ export function resolveOptions(options: MemorySyncOptions, env: Record<string, s
   const bus = { url: rest.bus?.url ?? (env.MEMORY_SYNC_BUS_URL || undefined) };
   const source = rest.source ?? (env.MEMORY_SYNC_SOURCE || undefined);
   const input = { ...rest, embedded, bus, source, databaseUrl: rest.databaseUrl ?? (env.DATABASE_URL || undefined) };
-  const result = optionsSchema.safeParse(input);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    throw new ConfigError(`options.${issue.path.join('.')}`, issue.message);
-  }
-  return result.data;
+  return parseOptions(optionsSchema, input, 'options');
 }

@@ -3,6 +3,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError } from '../contract/errors.js';
+import { parseOptions } from '../validation/parse.js';
 import { timerMs } from '../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from '../sources/backoff.js';
 import { barrierMessage, barrierToken, changeMessage, type BusMessage } from '../contract/bus-message.js';
@@ -167,18 +168,11 @@ const isMessage = (i: Item): i is BusMessage => 'kind' in i;
  * waits for the bus to take it). Rejects when the source cannot start for good (PermanentError).
  */
 export async function runRelay(options: RelayOptions): Promise<Relay> {
-  const parsed = optionsSchema.safeParse({
-    id: options.id,
-    backoff: options.backoff,
-    maxQueue: options.maxQueue,
-    gapOnStart: options.gapOnStart,
-    coverWaitMs: options.coverWaitMs,
-  });
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(`relay.${issue?.path.join('.') ?? 'options'}`, issue?.message ?? 'invalid');
-  }
-  const o = parsed.data;
+  const o = parseOptions(
+    optionsSchema,
+    { id: options.id, backoff: options.backoff, maxQueue: options.maxQueue, gapOnStart: options.gapOnStart, coverWaitMs: options.coverWaitMs },
+    'relay',
+  );
   const { source, publisher, logger, coverage } = options;
   const slot = isConfirming(source) ? source : undefined;
   if (slot && slot.confirmMode !== 'manual') {

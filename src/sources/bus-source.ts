@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../contract/errors.js';
+import { parseOptions } from '../validation/parse.js';
 import { timerMs } from '../contract/primitives.js';
 import { Barriers } from './barriers.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from './backoff.js';
@@ -113,16 +114,12 @@ export class BusSource extends EventEmitter<ChangeSourceEvents> implements Chang
 
   constructor(options: BusSourceOptions) {
     super();
-    const parsed = optionsSchema.safeParse({ backoff: options.backoff });
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ConfigError(`busSource.${issue?.path.join('.') ?? 'options'}`, issue?.message ?? 'invalid');
-    }
+    const o = parseOptions(optionsSchema, { backoff: options.backoff }, 'busSource');
     this.bus = options.bus;
     this.name = options.bus.kind;
     this.logger = options.logger;
     this.notify = options.notify;
-    this.backoff = parsed.data.backoff;
+    this.backoff = o.backoff;
   }
 
   get state(): SourceState {

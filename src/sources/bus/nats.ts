@@ -15,7 +15,8 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { z } from 'zod';
-import { ConfigError, DatabaseUnavailableError, PermanentError } from '../../contract/errors.js';
+import { DatabaseUnavailableError, PermanentError } from '../../contract/errors.js';
+import { parseOptions } from '../../validation/parse.js';
 import { timerMs } from '../../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF } from '../backoff.js';
 import { busMessageId, parseBusMessage, type BusMessage } from '../../contract/bus-message.js';
@@ -136,12 +137,7 @@ export class NatsBus extends EventEmitter<BusEvents> implements Bus {
 
   constructor(options: NatsBusOptions) {
     super();
-    const parsed = optionsSchema.safeParse(options);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ConfigError(`nats.${issue?.path.join('.') ?? 'options'}`, issue?.message ?? 'invalid');
-    }
-    this.o = parsed.data;
+    this.o = parseOptions(optionsSchema, options, 'nats');
     this.stream = this.o.stream;
   }
 

@@ -2,7 +2,8 @@ import { EventEmitter, once } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import { z } from 'zod';
-import { ConfigError, DatabaseUnavailableError, PermanentError } from '../../contract/errors.js';
+import { DatabaseUnavailableError, PermanentError } from '../../contract/errors.js';
+import { parseOptions } from '../../validation/parse.js';
 import { timerMs } from '../../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF } from '../backoff.js';
 import { busMessageId, parseBusMessage, type BusMessage } from '../../contract/bus-message.js';
@@ -165,12 +166,7 @@ export class RedisBus extends EventEmitter<BusEvents> implements Bus {
 
   constructor(options: RedisBusOptions) {
     super();
-    const parsed = optionsSchema.safeParse(options);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ConfigError(`redis.${issue?.path.join('.') ?? 'options'}`, issue?.message ?? 'invalid');
-    }
-    this.o = parsed.data;
+    this.o = parseOptions(optionsSchema, options, 'redis');
     this.stream = this.o.stream;
     const tag = `{${this.stream}}`;
     this.keys = { stream: `${tag}:stream`, counter: `${tag}:seq`, epoch: `${tag}:epoch`, dedupePrefix: `${tag}:dedupe:` };

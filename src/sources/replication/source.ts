@@ -19,6 +19,7 @@ import {
 } from '../../capture/replication.js';
 import type { ChangeEvent } from '../../contract/change-event.js';
 import { ConfigError, DatabaseUnavailableError, PermanentError, ValidationError } from '../../contract/errors.js';
+import { parseOptions } from '../../validation/parse.js';
 import { timerMs } from '../../contract/primitives.js';
 import { backoffDelay, DEFAULT_BACKOFF, sleepUnlessAborted, type BackoffOptions } from '../backoff.js';
 import { Barriers } from '../barriers.js';
@@ -236,22 +237,21 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
 
   constructor(options: ReplicationSourceOptions) {
     super();
-    const parsed = optionsSchema.safeParse({
-      slot: options.slot,
-      publication: options.publication,
-      confirm: options.confirm,
-      maxRetainedWalBytes: options.maxRetainedWalBytes,
-      statusIntervalMs: options.statusIntervalMs,
-      paranoidIntervalMs: options.paranoidIntervalMs,
-      queryTimeoutMs: options.queryTimeoutMs,
-      messagePrefix: options.messagePrefix,
-      backoff: options.backoff,
-    });
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ConfigError(`replication.${issue?.path.join('.') ?? 'options'}`, issue?.message ?? 'invalid');
-    }
-    this.o = parsed.data;
+    this.o = parseOptions(
+      optionsSchema,
+      {
+        slot: options.slot,
+        publication: options.publication,
+        confirm: options.confirm,
+        maxRetainedWalBytes: options.maxRetainedWalBytes,
+        statusIntervalMs: options.statusIntervalMs,
+        paranoidIntervalMs: options.paranoidIntervalMs,
+        queryTimeoutMs: options.queryTimeoutMs,
+        messagePrefix: options.messagePrefix,
+        backoff: options.backoff,
+      },
+      'replication',
+    );
     checkCaptureName('replication.slot', this.o.slot);
     checkCaptureName('replication.publication', this.o.publication);
     if (typeof options.mapper !== 'function') throw new ConfigError('replication.mapper', 'must be a function (tx) => ChangeEvent[]');
@@ -437,7 +437,8 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
     }
   }
 
-  private control(timeoutMs = this.o.queryTimeoutMs): Queryable {
+  /** The control connections (slot checks, barriers, snapshots), made on first use. */
+  private controlPool(): pg.Pool {
     this.pool ??= (() => {
       const p = new pg.Pool({
         connectionString: this.databaseUrl,
@@ -449,15 +450,18 @@ export class ReplicationSource extends EventEmitter<ChangeSourceEvents> implemen
       p.on('error', () => {}); // an idle connection cut by the server: the pool replaces it
       return p;
     })();
-    const pool = this.pool;
+    return this.pool;
+  }
+
+  private control(timeoutMs = this.o.queryTimeoutMs): Queryable {
+    const pool = this.controlPool();
     // pg reads query_timeout per query too; its types only know it per client.
     return { query: (text, values) => pool.query({ text, values: values as unknown[], query_timeout: timeoutMs } as pg.QueryConfig) as Promise<{ rows: any[] }> };
   }
 
   /** `pg_current_snapshot()` as text, as a prepared statement: under load the gate asks up to a thousand times a second. */
   private async currentSnapshot(): Promise<string> {
-    this.control();
-    const r = await this.pool!.query<{ s: string }>({ name: 'memory_sync_current_snapshot', text: 'SELECT pg_current_snapshot()::text AS s', query_timeout: this.o.queryTimeoutMs } as pg.QueryConfig);
+    const r = await this.controlPool().query<{ s: string }>({ name: 'memory_sync_current_snapshot', text: 'SELECT pg_current_snapshot()::text AS s', query_timeout: this.o.queryTimeoutMs } as pg.QueryConfig);
     return r.rows[0]!.s;
   }
 

@@ -41,14 +41,14 @@
  * difference smaller than `pgvectorError`.
  */
 
-/** A way pgvector's compiled loop sums: how many float32 lanes, fused or not. */
-export interface PgvectorArithmetic {
-  readonly name: string;
-  /** Float32 lanes of the main loop (1: a plain sequential loop). */
-  readonly lanes: 1 | 4 | 8 | 16;
-  /** Whether each multiply-add rounds once (FMA) or twice. */
-  readonly fused: boolean;
-}
+/**
+ * A way pgvector's compiled loop sums: how many float32 lanes (1: a plain
+ * sequential loop), and whether each multiply-add rounds once (FMA) or
+ * twice. Every vectorized build known fuses.
+ */
+export type PgvectorArithmetic =
+  | { readonly name: string; readonly lanes: 1; readonly fused: boolean }
+  | { readonly name: string; readonly lanes: 4 | 8 | 16; readonly fused: true };
 
 /** x86-64 running the `fma` clone: the portable build on any CPU with FMA (what `scripts/install-pgvector.sh` makes), or -march=native on AVX2 + FMA. */
 export const PGVECTOR_AVX2_FMA: PgvectorArithmetic = Object.freeze({ name: 'avx2-fma', lanes: 8, fused: true });
@@ -90,7 +90,6 @@ export function pgvectorDot(a: Float32Array, b: Float32Array, arithmetic: Pgvect
     else for (let i = 0; i < n; i++) s = fround(s + fround(a[i]! * b[i]!));
     return s;
   }
-  if (!arithmetic.fused) return laneDot(a, b, (x, y, z) => fround(z + fround(x * y)));
   if (arithmetic.lanes === 16) return dot16(a, b);
   if (arithmetic.lanes === 4) return dot4(a, b);
   // The fused 8-lane loop in eight locals (a lanes array costs a load and a store per element: ~15% slower).
@@ -193,45 +192,6 @@ function midpoint(p: number, c: number, s: number, r: number, t: number): number
   const e = p - (s - cb) + (c - cb); // TwoSum: the rounding error of p + c, exactly
   if (e === 0) return r;
   return e > 0 ? Math.max(r, t) : Math.min(r, t);
-}
-
-/** The 8-lane shape with an unfused multiply-add. */
-function laneDot(a: Float32Array, b: Float32Array, fma: (x: number, y: number, z: number) => number): number {
-  const n = a.length;
-  let l0 = 0;
-  let l1 = 0;
-  let l2 = 0;
-  let l3 = 0;
-  let l4 = 0;
-  let l5 = 0;
-  let l6 = 0;
-  let l7 = 0;
-  const n8 = n >= 8 ? n & ~7 : 0;
-  for (let i = 0; i < n8; i += 8) {
-    l0 = fma(a[i]!, b[i]!, l0);
-    l1 = fma(a[i + 1]!, b[i + 1]!, l1);
-    l2 = fma(a[i + 2]!, b[i + 2]!, l2);
-    l3 = fma(a[i + 3]!, b[i + 3]!, l3);
-    l4 = fma(a[i + 4]!, b[i + 4]!, l4);
-    l5 = fma(a[i + 5]!, b[i + 5]!, l5);
-    l6 = fma(a[i + 6]!, b[i + 6]!, l6);
-    l7 = fma(a[i + 7]!, b[i + 7]!, l7);
-  }
-  let v0 = fround(l0 + l4);
-  let v1 = fround(l1 + l5);
-  let v2 = fround(l2 + l6);
-  let v3 = fround(l3 + l7);
-  let i = n8;
-  if (n - n8 >= 4) {
-    v0 = fma(a[i]!, b[i]!, v0);
-    v1 = fma(a[i + 1]!, b[i + 1]!, v1);
-    v2 = fma(a[i + 2]!, b[i + 2]!, v2);
-    v3 = fma(a[i + 3]!, b[i + 3]!, v3);
-    i += 4;
-  }
-  let s = fround(fround(v0 + v2) + fround(v1 + v3));
-  for (; i < n; i++) s = fma(a[i]!, b[i]!, s);
-  return s;
 }
 
 /**

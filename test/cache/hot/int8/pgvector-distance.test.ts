@@ -59,6 +59,14 @@ function exact(x: number): bigint {
   return sign * (mant << BigInt(shift));
 }
 
+/** Σ 1·b over n elements, b zero but at the given positions, in an arithmetic: where 2^24 + 1 rounds shows the summation order. */
+const big = 2 ** 24;
+function dot(n: number, at: Record<number, number>, arithmetic: PgvectorArithmetic): number {
+  const b = new Float32Array(n);
+  for (const [k, v] of Object.entries(at)) b[Number(k)] = v;
+  return pgvectorDot(new Float32Array(n).fill(1), b, arithmetic);
+}
+
 describe('pgvector distance, reproduced', () => {
   it('matches the server bit for bit at every dimension shape, on mixed, tiny and huge magnitudes', async () => {
     const next = random(12345);
@@ -104,12 +112,6 @@ describe('pgvector distance, reproduced', () => {
   it('the 16-lane shape: lanes folded (l, l+8), then one 8-lane step for a remainder of 8–15, before the 8 are folded', () => {
     // Sums of 1 and ±2^24 (whose float32 neighbours are 2 apart): exact but where 2^24 + 1 rounds back to 2^24, so where that
     // happens tells the orders apart.
-    const big = 2 ** 24;
-    const dot = (n: number, at: Record<number, number>, a: typeof PGVECTOR_AVX2_FMA) => {
-      const b = new Float32Array(n);
-      for (const [k, v] of Object.entries(at)) b[Number(k)] = v;
-      return pgvectorDot(new Float32Array(n).fill(1), b, a);
-    };
     // n = 32: lane 0 holds elements 0 and 16 (big − big), lane 8 elements 8 and 24; the 8-lane chain adds 0, 8, 16 in turn.
     expect(dot(32, { 0: big, 8: 1, 16: -big }, PGVECTOR_AVX512_FMA)).toBe(1);
     expect(dot(32, { 0: big, 8: 1, 16: -big }, PGVECTOR_AVX2_FMA)).toBe(0);
@@ -121,12 +123,6 @@ describe('pgvector distance, reproduced', () => {
 
   it('the 4-lane shape (aarch64 NEON): lanes every 4th element from 4 elements on, folded pairwise, then the last 1–3 one by one', () => {
     // Checked bit for bit against pgvector's loop built by GCC 12 for aarch64, run under qemu-aarch64 (2,928 of 2,928 distances).
-    const big = 2 ** 24;
-    const dot = (n: number, at: Record<number, number>, a: typeof PGVECTOR_NEON_FMA) => {
-      const b = new Float32Array(n);
-      for (const [k, v] of Object.entries(at)) b[Number(k)] = v;
-      return pgvectorDot(new Float32Array(n).fill(1), b, a);
-    };
     // n = 4: (big + 1) folds first and rounds to big; the 8-lane shape's 4-lane step folds (0 + 2) first.
     expect(dot(4, { 0: big, 1: 1, 2: -big }, PGVECTOR_NEON_FMA)).toBe(0);
     expect(dot(4, { 0: big, 1: 1, 2: -big }, PGVECTOR_AVX2_FMA)).toBe(1);
